@@ -1,0 +1,291 @@
+"""The capture engine: hooks on every decoder layer, one picture per forward pass.
+
+    from neuralflow.engine import Engine
+    with Engine(model, publish="tcp://127.0.0.1:5555") as engine:
+        model.generate(**inputs, max_new_tokens=64)
+    print(engine.stats)
+
+Per forward pass (DESIGN.md, "Data flow"):
+  layer i hook      staging[i] <- output[row, -1]           (device copy, no sync)
+  last layer hook   render_into(staging) -> frame buffers     (one fused op on CUDA)
+  model hook        frame -> free pinned slot, non_blocking; record the slot's event
+  delivery thread   wait on the event (the only wait), build a Frame, hand it to the sinks
+Everything is allocated once at attach. The hooks never wait for the device; when no slot is
+free (the consumer fell behind) the frame is dropped and counted, and its sequence number is
+skipped so subscribers see the gap.
+
+The observer never crashes the observed: an error inside capture disables capture with one
+log line (strict=True raises instead, for tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from neuralflow.engine.layers import decoder_layers, hidden_size, unwrap
+from neuralflow.engine.render import (check_options, frame_shape, reference_stats,
+                                      render_into)
+from neuralflow.viewer.frame import Frame
+
+log = logging.getLogger("neuralflow")
+
+
+@dataclass
+class _Slot:
+    """One pinned host copy of a frame and the event that says the copy is done."""
+
+    pixels: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    token: torch.Tensor
+    event: object  # torch.cuda.Event, or None on the CPU (copies are synchronous there)
+
+
+@dataclass
+class _Shipped:
+    slot: _Slot
+    step: int
+    position: int
+    seq: int
+    time_ns: int
+
+
+class Engine:
+    """Capture one frame per forward pass of `model` while attached (a context manager).
+
+    row: batch row to watch. width, layout, norm: see `render`. reference: lo/hi for
+    norm="reference" (a Picture, a Frame or a (lo, hi) pair); None freezes the first frame's
+    seed statistics. on_frame: callable(Frame) run on the delivery thread. publish: a ZeroMQ
+    endpoint to stream frames to. tokenizer: decodes token ids into meta["token"].
+    slots: pinned ring size (>= 3). strict: raise capture errors instead of disabling capture.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, row: int = 0, width: int = 512,
+                 layout: str = "bands", norm: str = "seed", reference=None, on_frame=None,
+                 publish: str | None = None, tokenizer=None, label: str = "", rank: int = 0,
+                 slots: int = 4, strict: bool = False):
+        check_options(width, layout, norm)
+        if slots < 3:
+            raise ValueError(f"slots must be at least 3, got {slots}")
+        if row < 0:
+            raise ValueError(f"row must be >= 0, got {row}")
+        self.model = model
+        self.path, self.layers = decoder_layers(model)
+        self.hidden = hidden_size(model)
+        self.row, self.width, self.layout, self.norm = row, width, layout, norm
+        self.reference, self.tokenizer, self.rank, self.strict = reference, tokenizer, rank, strict
+        self.n_slots = slots
+        config = getattr(unwrap(model), "config", None)
+        self.meta = {"model": getattr(config, "_name_or_path", "") or type(unwrap(model)).__name__}
+        if label:
+            self.meta["label"] = label
+        self.session = random.getrandbits(63)
+        self.sinks = [on_frame] if on_frame else []
+        self.publish_endpoint = publish
+        self.publisher = None
+        self.stats = {"captured": 0, "delivered": 0, "dropped": 0, "sink_errors": 0}
+        self.error: BaseException | None = None
+        self._handles: list = []
+        self._thread: threading.Thread | None = None
+
+    # ---- attach / detach -------------------------------------------------------------
+    def __enter__(self) -> "Engine":
+        self.attach()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def attach(self) -> None:
+        """Allocate every buffer once, register the hooks, start the delivery thread."""
+        if self._handles:
+            raise RuntimeError("this Engine is already attached")
+        self._allocate()
+        if self.publish_endpoint:
+            from neuralflow.viewer.stream import Publisher
+            self.publisher = Publisher(self.publish_endpoint)
+            self.sinks.append(self.publisher.publish)
+        self._cache_ref = None
+        self._step, self._position, self._seq = 0, 0, 0
+        self._token_src = None
+        self._enabled = True
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for slot in self._slots:
+            self._free.put(slot)
+        self._filled: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._deliver, name="neuralflow-delivery", daemon=True)
+        self._thread.start()
+        top = self.model
+        try:
+            self._handles.append(top.register_forward_pre_hook(self._on_model_start, with_kwargs=True))
+            for i, layer in enumerate(self.layers):
+                self._handles.append(layer.register_forward_hook(self._layer_hook(i)))
+            self._handles.append(top.register_forward_hook(self._on_model_end))
+        except BaseException:
+            self.detach()
+            raise
+
+    def detach(self) -> None:
+        """Remove every hook, deliver the frames already shipped, stop the thread."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self._thread is not None:
+            self._filled.put(None)
+            self._thread.join()
+            self._thread = None
+        if self.publisher is not None:
+            self.sinks.remove(self.publisher.publish)
+            self.publisher.close()
+            self.stats["publisher"] = dict(self.publisher.stats)
+            self.publisher = None
+
+    def _allocate(self) -> None:
+        device = next(self.layers[-1].parameters()).device
+        layers = len(self.layers)
+        shape = frame_shape(layers, self.hidden, self.width)
+        self.device = device
+        self._staging = torch.zeros(layers, self.hidden, dtype=torch.float32, device=device)
+        self._pixels = torch.zeros(shape, dtype=torch.uint8, device=device)
+        self._lo = torch.zeros(layers, dtype=torch.float32, device=device)
+        self._hi = torch.zeros(layers, dtype=torch.float32, device=device)
+        self._token = torch.full((1,), -1, dtype=torch.long, device=device)
+        if self.norm == "reference" and self.reference is not None:
+            self._ref_lo, self._ref_hi = reference_stats(self.reference, layers, device)
+        else:
+            self._ref_lo = torch.zeros(layers, dtype=torch.float32, device=device)
+            self._ref_hi = torch.ones(layers, dtype=torch.float32, device=device)
+        self._ref_ready = self.reference is not None
+        cuda = device.type == "cuda"
+
+        def host(like):
+            return torch.empty(like.shape, dtype=like.dtype, pin_memory=cuda)
+
+        self._slots = [_Slot(host(self._pixels), host(self._lo), host(self._hi), host(self._token),
+                             torch.cuda.Event() if cuda else None) for _ in range(self.n_slots)]
+        self._stream = torch.cuda.current_stream(device) if cuda else None
+
+    # ---- hooks (hot path: no .item(), .cpu(), printing, waiting or allocation) ---------
+    def _guarded(self, fn, *args):
+        if not self._enabled:
+            return
+        try:
+            fn(*args)
+        except Exception as err:
+            if self.strict:
+                raise
+            self._enabled = False
+            self.error = err
+            log.error("neuralflow: capture disabled after an error: %r", err)
+
+    def _on_model_start(self, module, args, kwargs):
+        self._guarded(self._start, args, kwargs)
+
+    def _start(self, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        source = ids if ids is not None else embeds
+        if source is None:
+            raise ValueError("forward called without input_ids or inputs_embeds")
+        if self.row >= source.shape[0]:
+            raise ValueError(f"row={self.row} but the batch has {source.shape[0]} rows")
+        q_len = source.shape[1]
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))  # renamed in transformers 5.2x
+        known = self._cache_ref() if self._cache_ref is not None else None
+        if cache is None or cache is not known:  # a new sequence: step 0 is its prefill
+            self._step, self._position = 0, q_len - 1
+            try:
+                self._cache_ref = weakref.ref(cache) if cache is not None else None
+            except TypeError:
+                self._cache_ref = None
+        else:
+            self._step += 1
+            self._position += q_len
+        self._token_src = ids[self.row, -1:] if ids is not None else None
+
+    def _layer_hook(self, i: int):
+        last = i == len(self.layers) - 1
+
+        def hook(module, args, output):
+            self._guarded(self._capture_layer, i, last, output)
+
+        return hook
+
+    def _capture_layer(self, i: int, last: bool, output) -> None:
+        hidden = output[0] if isinstance(output, (tuple, list)) else output
+        self._staging[i].copy_(hidden[self.row, -1], non_blocking=True)
+        if last:
+            self._render()
+
+    def _render(self) -> None:
+        norm = self.norm
+        if norm == "reference" and not self._ref_ready:
+            norm = "seed"  # the first frame renders as seed and becomes the reference
+        render_into(self._staging, self._pixels, self._lo, self._hi, width=self.width,
+                    layout=self.layout, norm=norm, ref_lo=self._ref_lo, ref_hi=self._ref_hi)
+        if norm != self.norm:
+            self._ref_lo.copy_(self._lo)
+            self._ref_hi.copy_(self._hi)
+            self._ref_ready = True
+        if self._token_src is not None:
+            self._token.copy_(self._token_src)
+        else:
+            self._token.fill_(-1)
+
+    def _on_model_end(self, module, args, output):
+        self._guarded(self._ship)
+
+    def _ship(self) -> None:
+        seq = self._seq
+        self._seq += 1
+        self.stats["captured"] += 1
+        try:
+            slot = self._free.get_nowait()
+        except queue.Empty:
+            self.stats["dropped"] += 1  # the consumer is behind: drop, never wait
+            return
+        slot.pixels.copy_(self._pixels, non_blocking=True)
+        slot.lo.copy_(self._lo, non_blocking=True)
+        slot.hi.copy_(self._hi, non_blocking=True)
+        slot.token.copy_(self._token, non_blocking=True)
+        if slot.event is not None:
+            slot.event.record(self._stream)
+        self._filled.put(_Shipped(slot, self._step, self._position, seq, time.time_ns()))
+
+    # ---- delivery thread (the consumer: the only place that waits) --------------------
+    def _deliver(self) -> None:
+        while True:
+            shipped = self._filled.get()
+            if shipped is None:
+                return
+            slot = shipped.slot
+            if slot.event is not None:
+                slot.event.synchronize()  # sync point, on the consumer thread only
+            frame = Frame(
+                pixels=slot.pixels.numpy().copy(), layers=len(self.layers), hidden=self.hidden,
+                layout=self.layout, norm=self.norm, lo=slot.lo.numpy().copy(),
+                hi=slot.hi.numpy().copy(), step=shipped.step,
+                token_id=int(slot.token.numpy()[0]), position=shipped.position, row=self.row,
+                rank=self.rank, time_ns=shipped.time_ns, session=self.session, seq=shipped.seq,
+                meta=dict(self.meta))
+            self._free.put(slot)
+            if self.tokenizer is not None and frame.token_id >= 0:
+                frame.meta["token"] = self.tokenizer.decode([frame.token_id])
+            self.stats["delivered"] += 1
+            for sink in list(self.sinks):
+                try:
+                    sink(frame)
+                except Exception as err:  # a broken consumer never stops delivery
+                    self.stats["sink_errors"] += 1
+                    log.error("neuralflow: frame consumer %r failed: %r", sink, err)
+                    if self.strict:
+                        self.error = err

@@ -1,0 +1,63 @@
+"""Find the decoder layers of a Hugging Face causal LM (unmodified) and its hidden size.
+
+Families covered by the paths below: Mistral, Llama, Qwen2/3, Gemma/Gemma2/Gemma3 text,
+Phi-3 (model.layers), GPT-2 and GPT-J (transformer.h), GPT-NeoX/Pythia (gpt_neox.layers),
+OPT (model.decoder.layers), Falcon/Bloom-style (transformer.h), MPT (transformer.blocks),
+multimodal wrappers (model.language_model.layers). PEFT wrappers are unwrapped first.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LAYER_PATHS = (
+    "model.layers",
+    "model.language_model.layers",
+    "model.decoder.layers",
+    "transformer.h",
+    "transformer.blocks",
+    "transformer.layers",
+    "gpt_neox.layers",
+)
+
+
+class UnsupportedModel(TypeError):
+    """The engine cannot find the decoder layers of this model."""
+
+
+def _get(obj, path: str):
+    for name in path.split("."):
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain transformers model under a PEFT or similar wrapper."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def decoder_layers(model: torch.nn.Module) -> tuple[str, list[torch.nn.Module]]:
+    """(path, layers) of the model's decoder stack, or UnsupportedModel naming what was tried."""
+    base = unwrap(model)
+    for path in LAYER_PATHS:
+        found = _get(base, path)
+        if isinstance(found, torch.nn.ModuleList) and len(found) > 0:
+            return path, list(found)
+    raise UnsupportedModel(
+        f"neuralflow cannot find the decoder layers of {type(base).__name__}: looked for a "
+        f"non-empty nn.ModuleList at {', '.join(LAYER_PATHS)}")
+
+
+def hidden_size(model: torch.nn.Module) -> int:
+    """The width of the residual stream, from the (text) config."""
+    config = unwrap(model).config
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for name in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise UnsupportedModel(f"{type(config).__name__} has no hidden_size, n_embd or d_model")

@@ -1,0 +1,154 @@
+"""The picture math: [layers, hidden] layer outputs -> one uint8 frame, on the states' device.
+
+    from neuralflow.engine import render
+    picture = render(states)            # states: [layers, hidden] tensor, any float dtype
+    picture.pixels                      # uint8 [layers * ceil(hidden / 512), 512]
+
+What the seed computes (DESIGN.md), and the modes we add:
+  1. statistics lo, hi per layer:
+       norm="seed"      one mean m and unbiased variance v over the whole array,
+                        lo = m - 25 v, hi = m + 25 v (yes, the variance), same for every layer;
+       norm="layer"     the same formula, per layer;
+       norm="reference" lo, hi given by the caller (frozen, so drift stays visible).
+     Non-finite entries are left out of the statistics (the seed never met them).
+  2. t = (|x| - lo) / (hi - lo), not clamped (hi - lo is floored at the smallest normal float).
+  3. quantize: t in [0, 1) -> floor(255 t) in 0..254; t < 0 -> 0; t >= 1, NaN, inf -> 255,
+     the overflow mark that the seed draws black. Padding is 255 as well.
+  4. tile: each layer's dims are cut into chunks of `width`; layout "bands" puts chunk k of
+     every layer in band k (row = k * layers + layer), "layers" puts a layer's chunks in
+     consecutive rows (row = layer * chunks + k).
+
+`render` allocates its result; the engine's hooks call `render_into` with buffers they
+allocated once. On CUDA the math runs as one torch.compile'd function (fixed shapes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from neuralflow.viewer.frame import LAYOUTS, NORMS, OVERFLOW, chunks_per_layer
+
+SPREAD = 25.0  # lo/hi = mean -/+ SPREAD * variance, as the seed does
+
+
+@dataclass
+class Picture:
+    """A rendered frame on the states' device and what explains it."""
+
+    pixels: torch.Tensor  # uint8 [rows, width]
+    lo: torch.Tensor  # float32 [layers]
+    hi: torch.Tensor  # float32 [layers]
+    layout: str
+    norm: str
+
+
+def frame_shape(layers: int, hidden: int, width: int = 512) -> tuple[int, int]:
+    return layers * chunks_per_layer(hidden, width), width
+
+
+def check_options(width: int, layout: str, norm: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive int, got {width!r}")
+
+
+def seed_stats(x: torch.Tensor, per_layer: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """lo, hi ([layers] float32) from finite entries: mean -/+ 25 * unbiased variance."""
+    x = x.float()
+    finite = torch.isfinite(x)
+    dim = 1 if per_layer else None
+    n = finite.sum(dim=dim).float()
+    mean = torch.where(finite, x, 0.0).sum(dim=dim) / n.clamp_min(1.0)
+    centred = torch.where(finite, x - (mean[:, None] if per_layer else mean), 0.0)
+    var = centred.square().sum(dim=dim) / (n - 1.0).clamp_min(1.0)
+    lo, hi = mean - SPREAD * var, mean + SPREAD * var
+    if not per_layer:
+        lo, hi = lo.expand(x.shape[0]), hi.expand(x.shape[0])
+    return lo, hi
+
+
+def quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """uint8 [layers, hidden]: floor(255 t) for t in [0, 1), 0 below, 255 for t >= 1 and NaN/inf."""
+    span = (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)
+    t = (x.float().abs() - lo[:, None]) / span[:, None]
+    q = (t * 255.0).floor().clamp(0.0, OVERFLOW - 1)
+    overflow = (t >= 1.0) | torch.isnan(t)
+    return torch.where(overflow, float(OVERFLOW), q).to(torch.uint8)
+
+
+def tile(q: torch.Tensor, width: int, layout: str) -> torch.Tensor:
+    """[layers, hidden] uint8 -> [rows, width], padding the last chunk with the overflow mark."""
+    layers, hidden = q.shape
+    chunks = chunks_per_layer(hidden, width)
+    q = torch.nn.functional.pad(q, (0, chunks * width - hidden), value=OVERFLOW)
+    q = q.view(layers, chunks, width)
+    if layout == "bands":
+        q = q.transpose(0, 1)
+    return q.reshape(layers * chunks, width)
+
+
+def _frame_math(states, ref_lo, ref_hi, pixels, lo_out, hi_out, width: int, layout: str, norm: str):
+    if norm == "reference":
+        lo, hi = ref_lo, ref_hi
+    else:
+        lo, hi = seed_stats(states, per_layer=(norm == "layer"))
+    pixels.copy_(tile(quantize(states, lo, hi), width, layout))
+    lo_out.copy_(lo)
+    hi_out.copy_(hi)
+
+
+_fused = None
+
+
+def render_into(states, pixels, lo_out, hi_out, *, width=512, layout="bands", norm="seed",
+                ref_lo=None, ref_hi=None, fuse=None) -> None:
+    """Write the frame of `states` into preallocated `pixels`, `lo_out`, `hi_out` (no sync).
+
+    fuse=None compiles the math into one fused function on CUDA and runs it eagerly elsewhere.
+    """
+    global _fused
+    if fuse is None:
+        fuse = states.is_cuda
+    fn = _frame_math
+    if fuse:
+        if _fused is None:
+            _fused = torch.compile(_frame_math, dynamic=False, fullgraph=True)
+        fn = _fused
+    fn(states, ref_lo, ref_hi, pixels, lo_out, hi_out, width, layout, norm)
+
+
+def reference_stats(reference, layers: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """lo, hi [layers] float32 on `device` from a Picture/Frame (has .lo/.hi) or a (lo, hi) pair."""
+    if reference is None:
+        raise ValueError("norm='reference' needs reference= (a Picture, a Frame, or a (lo, hi) pair)")
+    lo, hi = (reference.lo, reference.hi) if hasattr(reference, "lo") else reference
+    out = []
+    for v in (lo, hi):
+        t = torch.as_tensor(v, dtype=torch.float32).to(device).reshape(-1)
+        if t.numel() not in (1, layers):
+            raise ValueError(f"reference lo/hi must hold 1 or {layers} values, got {t.numel()}")
+        out.append(t.expand(layers).contiguous())
+    return out[0], out[1]
+
+
+def render(states: torch.Tensor, *, width: int = 512, layout: str = "bands", norm: str = "seed",
+           reference=None) -> Picture:
+    """Render [layers, hidden] states into a Picture on the same device (see module docstring)."""
+    check_options(width, layout, norm)
+    if states.dim() != 2 or states.shape[0] < 1 or states.shape[1] < 1:
+        raise ValueError(f"states must be [layers, hidden], got shape {tuple(states.shape)}")
+    layers, hidden = states.shape
+    ref_lo = ref_hi = None
+    if norm == "reference":
+        ref_lo, ref_hi = reference_stats(reference, layers, states.device)
+    pixels = torch.empty(frame_shape(layers, hidden, width), dtype=torch.uint8, device=states.device)
+    lo = torch.empty(layers, dtype=torch.float32, device=states.device)
+    hi = torch.empty_like(lo)
+    render_into(states, pixels, lo, hi, width=width, layout=layout, norm=norm,
+                ref_lo=ref_lo, ref_hi=ref_hi, fuse=False)
+    return Picture(pixels, lo, hi, layout, norm)

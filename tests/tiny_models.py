@@ -1,0 +1,40 @@
+"""Tiny random-weight models of each supported family, built from their configs (no downloads)."""
+
+import torch
+import transformers as tf
+
+VOCAB = 96
+
+
+def _common(**extra):
+    return dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, **extra)
+
+
+CONFIGS = {
+    "mistral": lambda: tf.MistralConfig(**_common()),
+    "llama": lambda: tf.LlamaConfig(**_common()),
+    "qwen2": lambda: tf.Qwen2Config(**_common()),
+    "gemma": lambda: tf.GemmaConfig(**_common(head_dim=16)),
+    "gemma2": lambda: tf.Gemma2Config(**_common(head_dim=16)),
+    "phi3": lambda: tf.Phi3Config(**_common(pad_token_id=0)),
+    "gpt2": lambda: tf.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=128,
+                                   bos_token_id=1, eos_token_id=2),
+    "gpt_neox": lambda: tf.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=3, num_attention_heads=4,
+                                         max_position_embeddings=128, bos_token_id=1,
+                                         eos_token_id=2),
+}
+
+
+def tiny(family: str = "mistral", seed: int = 0, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = CONFIGS[family]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return tf.AutoModelForCausalLM.from_config(config).eval()
+
+
+def greedy(model, prompt, new_tokens, **kwargs):
+    return model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                          do_sample=False, pad_token_id=0, **kwargs)

@@ -1,0 +1,1 @@
+"""neuralflow viewer side (torch-free)."""
