@@ -179,7 +179,8 @@ class Engine:
         if not self._enabled:
             return
         try:
-            fn(*args)
+            with torch.no_grad():  # capture must never join the autograd graph
+                fn(*args)
         except Exception as err:
             if self.strict:
                 raise
@@ -222,7 +223,7 @@ class Engine:
 
     def _capture_layer(self, i: int, last: bool, output) -> None:
         hidden = output[0] if isinstance(output, (tuple, list)) else output
-        self._staging[i].copy_(hidden[self.row, -1], non_blocking=True)
+        self._staging[i].copy_(hidden[self.row, -1].detach(), non_blocking=True)
         if last:
             self._render()
 
@@ -267,25 +268,37 @@ class Engine:
             shipped = self._filled.get()
             if shipped is None:
                 return
-            slot = shipped.slot
+            try:
+                frame = self._unpack(shipped)
+                if self.tokenizer is not None and frame.token_id >= 0:
+                    frame.meta["token"] = self.tokenizer.decode([frame.token_id])
+            except Exception as err:
+                self._consumer_failed("building a frame", err)
+                continue
+            self.stats["delivered"] += 1
+            for sink in list(self.sinks):
+                try:
+                    sink(frame)
+                except Exception as err:  # a broken consumer never stops delivery
+                    self._consumer_failed(f"frame consumer {sink!r}", err)
+
+    def _unpack(self, shipped: _Shipped) -> Frame:
+        slot = shipped.slot
+        try:
             if slot.event is not None:
                 slot.event.synchronize()  # sync point, on the consumer thread only
-            frame = Frame(
+            return Frame(
                 pixels=slot.pixels.numpy().copy(), layers=len(self.layers), hidden=self.hidden,
                 layout=self.layout, norm=self.norm, lo=slot.lo.numpy().copy(),
                 hi=slot.hi.numpy().copy(), step=shipped.step,
                 token_id=int(slot.token.numpy()[0]), position=shipped.position, row=self.row,
                 rank=self.rank, time_ns=shipped.time_ns, session=self.session, seq=shipped.seq,
                 meta=dict(self.meta))
+        finally:
             self._free.put(slot)
-            if self.tokenizer is not None and frame.token_id >= 0:
-                frame.meta["token"] = self.tokenizer.decode([frame.token_id])
-            self.stats["delivered"] += 1
-            for sink in list(self.sinks):
-                try:
-                    sink(frame)
-                except Exception as err:  # a broken consumer never stops delivery
-                    self.stats["sink_errors"] += 1
-                    log.error("neuralflow: frame consumer %r failed: %r", sink, err)
-                    if self.strict:
-                        self.error = err
+
+    def _consumer_failed(self, what: str, err: Exception) -> None:
+        self.stats["sink_errors"] += 1
+        log.error("neuralflow: %s failed: %r", what, err)
+        if self.strict:
+            self.error = err

@@ -1,0 +1,307 @@
+"""The capture engine during real generate calls on tiny models (CPU)."""
+
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from neuralflow.engine import Engine, UnsupportedModel, render
+from tiny_models import CONFIGS, VOCAB, greedy, tiny
+
+
+def prompt(batch=1, length=5, seed=1):
+    return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def independent_states(model, ids, new_tokens, row):
+    """Each forward's [layers, hidden] last-token layer outputs, captured without the engine:
+    output_hidden_states for layers 0..L-2 (entry 0 is the embedding), and the final norm's
+    input for the last layer (transformers puts the norm's output in the last entry)."""
+    last_inputs = []
+    handle = model.model.norm.register_forward_pre_hook(
+        lambda mod, args: last_inputs.append(args[0][row, -1].detach().clone()))
+    try:
+        out = greedy(model, ids, new_tokens, output_hidden_states=True, return_dict_in_generate=True)
+    finally:
+        handle.remove()
+    per_step = []
+    for step, hidden in enumerate(out.hidden_states):
+        layers = [h[row, -1] for h in hidden[1:-1]] + [last_inputs[step]]
+        per_step.append(torch.stack(layers).float())
+    return out.sequences, per_step
+
+
+@pytest.mark.parametrize("row,batch", [(0, 1), (1, 2)])
+def test_one_frame_per_forward_equal_to_render(row, batch):
+    model = tiny("mistral")
+    ids = prompt(batch)
+    new = 6
+    frames = []
+    with Engine(model, row=row, width=32, on_frame=frames.append, strict=True) as engine:
+        sequences = greedy(model, ids, new)
+    assert engine.stats["captured"] == engine.stats["delivered"] == new
+    expected_sequences, per_step = independent_states(model, ids, new, row)
+    assert torch.equal(sequences, expected_sequences)
+    assert [f.step for f in frames] == list(range(new))
+    assert [f.seq for f in frames] == list(range(new))
+    length = ids.shape[1]
+    for step, frame in enumerate(frames):
+        assert frame.token_id == int(sequences[row, length - 1 + step])
+        assert frame.position == length - 1 + step
+        assert frame.row == row and frame.layers == 3 and frame.hidden == 64
+        assert frame.session == engine.session
+        want = render(per_step[step], width=32)
+        np.testing.assert_array_equal(frame.pixels, want.pixels.numpy())
+        np.testing.assert_array_equal(frame.lo, want.lo.numpy())
+        assert frame.time_ns <= time.time_ns()
+    assert all(a.time_ns <= b.time_ns for a, b in zip(frames, frames[1:]))
+
+
+def test_second_generate_starts_again_at_step_zero():
+    model = tiny("llama")
+    frames = []
+    with Engine(model, width=64, on_frame=frames.append, strict=True):
+        greedy(model, prompt(), 3)
+        greedy(model, prompt(length=7), 2)
+    assert [f.step for f in frames] == [0, 1, 2, 0, 1]
+    assert [f.position for f in frames] == [4, 5, 6, 6, 7]
+    assert [f.seq for f in frames] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_every_family(family):
+    model = tiny(family)
+    frames = []
+    with Engine(model, width=16, layout="layers", on_frame=frames.append, strict=True) as engine:
+        greedy(model, prompt(), 3)
+    assert len(frames) == 3
+    assert frames[0].pixels.shape == (3 * 4, 16)  # 3 layers x ceil(64 / 16) rows
+    assert engine.error is None
+
+
+def test_unsupported_model_names_class_and_paths():
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.Sequential(torch.nn.Linear(4, 4))
+
+    with pytest.raises(UnsupportedModel, match=r"Encoder.*model\.layers.*transformer\.h"):
+        Engine(Encoder())
+
+
+class ToyLayer(torch.nn.Module):
+    def __init__(self, tuples: bool):
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 8)
+        self.tuples = tuples
+
+    def forward(self, h):
+        h = self.linear(h)
+        return (h, None) if self.tuples else h  # transformers 4.x layers return tuples
+
+
+class ToyLM(torch.nn.Module):
+    """A minimal causal-LM-shaped model, recording its own last-token layer outputs."""
+
+    class Config:
+        hidden_size = 8
+        _name_or_path = "toy"
+
+    def __init__(self, tuples: bool):
+        super().__init__()
+        self.config = self.Config()
+        self.embed = torch.nn.Embedding(10, 8)
+        self.model = torch.nn.Module()
+        self.model.layers = torch.nn.ModuleList(ToyLayer(tuples) for _ in range(4))
+
+    def forward(self, input_ids):
+        h, self.seen = self.embed(input_ids), []
+        for layer in self.model.layers:
+            out = layer(h)
+            h = out[0] if isinstance(out, tuple) else out
+            self.seen.append(h[0, -1].detach().clone())
+        return h
+
+
+@pytest.mark.parametrize("tuples", [False, True])
+def test_tuple_and_tensor_layer_outputs(tuples):
+    model = ToyLM(tuples)
+    frames = []
+    with Engine(model, width=4, on_frame=frames.append, strict=True):
+        model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert len(frames) == 1
+    want = render(torch.stack(model.seen), width=4)
+    np.testing.assert_array_equal(frames[0].pixels, want.pixels.numpy())
+    assert frames[0].token_id == 3
+
+
+def snapshot(model):
+    """Everything hooks or stray state could change on any module."""
+    return {name: (sorted(vars(mod)), len(mod._forward_hooks), len(mod._forward_pre_hooks),
+                   len(mod._forward_hooks_with_kwargs), len(mod._forward_pre_hooks_with_kwargs),
+                   sorted(n for n, _ in mod.named_buffers(recurse=False)))
+            for name, mod in model.named_modules()}
+
+
+def test_model_left_exactly_as_found_after_exit_and_after_exception():
+    model = tiny("mistral")
+    before = snapshot(model)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with Engine(model, width=32):
+        greedy(model, prompt(), 2)
+    assert snapshot(model) == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with Engine(model, width=32):
+            greedy(model, prompt(), 1)
+            raise RuntimeError("boom")
+    assert snapshot(model) == before
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    assert not [t for t in threading.enumerate() if t.name == "neuralflow-delivery"]
+
+
+@pytest.fixture
+def hot_path_guard(monkeypatch):
+    """Make host syncs raise when called, at any depth, from engine code on the generating
+    thread (the delivery thread is the consumer: it may wait)."""
+    generating = threading.get_ident()
+
+    def guarded(original, name):
+        def wrapper(*args, **kwargs):
+            if threading.get_ident() == generating:
+                frame = sys._getframe(1)
+                while frame is not None:
+                    if frame.f_globals.get("__name__", "").startswith("neuralflow.engine"):
+                        raise AssertionError(f"{name} called on the hot path")
+                    frame = frame.f_back
+            return original(*args, **kwargs)
+        return wrapper
+
+    for name in ("item", "cpu", "tolist", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, guarded(getattr(torch.Tensor, name), name))
+    monkeypatch.setattr(torch.cuda, "synchronize", guarded(torch.cuda.synchronize, "synchronize"))
+
+
+def test_hot_path_does_no_host_syncs(hot_path_guard):
+    model = tiny("mistral")
+    frames = []
+    with Engine(model, width=32, on_frame=frames.append, strict=True) as engine:
+        greedy(model, prompt(), 4)
+    assert len(frames) == 4 and engine.error is None
+
+
+def test_guard_catches_a_sync(hot_path_guard, monkeypatch):
+    """The guard itself works: a hook that calls .item() is caught."""
+    import neuralflow.engine.capture as capture
+    model = tiny("mistral")
+    original = capture.Engine._render
+
+    def syncing(self):
+        original(self)
+        self._lo[0].item()
+
+    monkeypatch.setattr(capture.Engine, "_render", syncing)
+    with pytest.raises(AssertionError, match="item called on the hot path"):
+        with Engine(model, width=32, strict=True):
+            greedy(model, prompt(), 1)
+
+
+def test_slow_consumer_drops_frames_and_never_blocks():
+    model = tiny("mistral")
+    ids = prompt()
+    greedy(model, ids, 2)  # warm up
+    started = time.perf_counter()
+    greedy(model, ids, 24)
+    plain = time.perf_counter() - started
+    delivered = []
+
+    def slow(frame):
+        time.sleep(0.2)
+        delivered.append(frame.seq)
+
+    with Engine(model, width=32, slots=3, on_frame=slow) as engine:
+        started = time.perf_counter()
+        greedy(model, ids, 24)
+        captured_time = time.perf_counter() - started
+    stats = engine.stats
+    assert stats["captured"] == 24
+    assert stats["dropped"] > 0
+    assert stats["delivered"] + stats["dropped"] == 24
+    assert len(delivered) == stats["delivered"]
+    assert delivered == sorted(delivered) and delivered[-1] < 24  # gaps visible in seq
+    assert captured_time < plain + 1.0  # far less than 24 x 0.2 s: the model did not wait
+
+
+def test_reference_norm_freezes_first_frame_stats():
+    model = tiny("mistral")
+    frames = []
+    with Engine(model, width=32, norm="reference", on_frame=frames.append, strict=True):
+        greedy(model, prompt(), 4)
+    for frame in frames[1:]:
+        np.testing.assert_array_equal(frame.lo, frames[0].lo)
+        np.testing.assert_array_equal(frame.hi, frames[0].hi)
+    assert frames[0].norm == "reference"
+    # a caller-given reference is used from the first frame on
+    given = []
+    with Engine(model, width=32, norm="reference", reference=(-0.5, 0.5), on_frame=given.append):
+        greedy(model, prompt(), 2)
+    assert np.all(given[0].lo == -0.5) and np.all(given[1].hi == 0.5)
+
+
+def test_capture_error_disables_capture_but_not_generation(caplog):
+    model = tiny("mistral")
+    with Engine(model, row=3, width=32) as engine:  # the batch has one row
+        out = greedy(model, prompt(), 3)
+    assert out.shape == (1, 8)
+    assert engine.stats["captured"] == 0
+    assert "row=3" in str(engine.error)
+    assert "capture disabled" in caplog.text
+    with pytest.raises(ValueError, match="row=3"):
+        with Engine(model, row=3, width=32, strict=True):
+            greedy(model, prompt(), 1)
+
+
+def test_broken_consumer_is_counted_not_fatal():
+    model = tiny("mistral")
+
+    def broken(frame):
+        raise KeyError("consumer bug")
+
+    with Engine(model, width=32, on_frame=broken) as engine:
+        greedy(model, prompt(), 3)
+    assert engine.stats["sink_errors"] == 3 and engine.stats["delivered"] == 3
+
+
+def test_token_text_and_model_name_in_meta():
+    class Tok:
+        def decode(self, ids):
+            return f"<{ids[0]}>"
+
+    model = tiny("mistral")
+    frames = []
+    with Engine(model, width=32, on_frame=frames.append, tokenizer=Tok(), label="run-a"):
+        out = greedy(model, prompt(), 2)
+    assert frames[1].meta["token"] == f"<{int(out[0, 5])}>"
+    assert frames[0].meta["label"] == "run-a"
+    assert frames[0].meta["model"]
+
+
+def test_real_weights_path_from_pretrained(tmp_path):
+    from transformers import AutoModelForCausalLM
+    tiny("qwen2").save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    frames = []
+    with Engine(model, on_frame=frames.append, strict=True):
+        greedy(model, prompt(), 2)
+    assert len(frames) == 2 and frames[0].pixels.shape == (3, 512)
+    assert str(tmp_path) in frames[0].meta["model"]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"slots": 2}, "slots"), ({"row": -1}, "row"), ({"layout": "x"}, "layout"),
+])
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Engine(tiny("mistral"), **kwargs)

@@ -1,0 +1,166 @@
+"""render() against an independent plain-numpy version of the seed math in DESIGN.md."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from neuralflow.engine import render
+
+RNG = np.random.default_rng()  # fresh inputs every run; the seed is printed on failure
+
+
+def reference_stats(x, norm):
+    """lo, hi per layer in float64, finite entries only, unbiased variance, spread 25."""
+    layers = x.shape[0]
+    if norm == "seed":
+        values = x[np.isfinite(x)]
+        m, v = values.mean(), values.var(ddof=1)
+        return np.full(layers, m - 25 * v), np.full(layers, m + 25 * v)
+    lo, hi = np.empty(layers), np.empty(layers)
+    for i, row in enumerate(x):
+        values = row[np.isfinite(row)]
+        m, v = values.mean(), values.var(ddof=1)
+        lo[i], hi[i] = m - 25 * v, m + 25 * v
+    return lo, hi
+
+
+def reference_frame(x, lo, hi, width, layout, dtype=np.float64):
+    """Quantize and tile pixel by pixel, the slow obvious way."""
+    layers, hidden = x.shape
+    x, lo, hi = x.astype(dtype), lo.astype(dtype), hi.astype(dtype)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        t = (np.abs(x) - lo[:, None]) / (hi - lo)[:, None]
+        q = np.floor(t * dtype(255))
+    q = np.clip(q, 0, 254)
+    q[(t >= 1) | np.isnan(t)] = 255
+    chunks = math.ceil(hidden / width)
+    image = np.full((layers * chunks, width), 255, np.uint8)
+    for r in range(layers * chunks):
+        layer, chunk = (r % layers, r // layers) if layout == "bands" else (r // chunks, r % chunks)
+        dims = q[layer, chunk * width:(chunk + 1) * width]
+        image[r, :len(dims)] = dims
+    return image
+
+
+def states(layers, hidden, outliers=True):
+    x = RNG.standard_normal((layers, hidden)) * 0.05
+    if outliers:  # a few massive dims, as real LLM residual streams have
+        dims = RNG.choice(hidden, size=min(4, hidden), replace=False)
+        x[:, dims] *= RNG.uniform(20, 200, size=len(dims))
+    return x.astype(np.float32)
+
+
+SHAPES = [(32, 4096), (28, 3584), (24, 2560), (3, 1000), (1, 512), (80, 1000), (2, 7)]
+
+
+@pytest.mark.parametrize("layers,hidden", SHAPES)
+@pytest.mark.parametrize("layout", ["bands", "layers"])
+@pytest.mark.parametrize("norm", ["seed", "layer"])
+def test_matches_numpy_seed_math(layers, hidden, layout, norm):
+    x = states(layers, hidden)
+    got = render(torch.from_numpy(x), layout=layout, norm=norm)
+    lo, hi = reference_stats(x.astype(np.float64), norm)
+    np.testing.assert_allclose(got.lo.numpy(), lo, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got.hi.numpy(), hi, rtol=1e-4, atol=1e-6)
+    want = reference_frame(x, lo, hi, 512, layout)
+    assert got.pixels.dtype == torch.uint8
+    assert got.pixels.shape == (layers * math.ceil(hidden / 512), 512)
+    # float32 statistics may put a value on the other side of a level boundary: off by one, rarely
+    diff = np.abs(got.pixels.numpy().astype(int) - want.astype(int))
+    assert diff.max() <= 1
+    assert (diff > 0).mean() < 1e-3
+    # with the same float32 lo/hi, quantization and tiling are exact
+    same = reference_frame(x, got.lo.numpy(), got.hi.numpy(), 512, layout, dtype=np.float32)
+    np.testing.assert_array_equal(got.pixels.numpy(), same)
+
+
+@pytest.mark.parametrize("layout", ["bands", "layers"])
+def test_reference_norm_uses_given_stats(layout):
+    x = states(8, 1000)
+    lo = RNG.uniform(-0.2, 0.0, size=8).astype(np.float32)
+    hi = (lo + RNG.uniform(0.1, 1.0, size=8)).astype(np.float32)
+    got = render(torch.from_numpy(x), width=128, layout=layout, norm="reference", reference=(lo, hi))
+    np.testing.assert_array_equal(got.lo.numpy(), lo)
+    want = reference_frame(x, lo, hi, 128, layout, dtype=np.float32)
+    np.testing.assert_array_equal(got.pixels.numpy(), want)
+    # a Picture works as a reference too: the same stats give the same frame
+    again = render(torch.from_numpy(x), width=128, layout=layout, norm="reference", reference=got)
+    assert torch.equal(again.pixels, got.pixels)
+
+
+def test_seed_geometry_mistral_7b():
+    got = render(torch.randn(32, 4096))
+    assert tuple(got.pixels.shape) == (256, 512)
+    # band layout: row r is layer r % 32, dims 512 * (r // 32) onward
+    x = torch.zeros(32, 4096)
+    x[5, 512 * 3 + 7] = 1e6  # one huge value, far above hi: overflow mark at one pixel
+    pixels = render(x, norm="reference", reference=(0.0, 2.0)).pixels
+    assert pixels[3 * 32 + 5, 7] == 255
+    assert (pixels == 255).sum() == 1
+
+
+def test_padding_and_overflow_are_255_and_small_values_0():
+    x = torch.zeros(2, 600)
+    x[0, 0] = 5.0  # above hi: overflow
+    x[1, 1] = 0.5  # mid range
+    got = render(x, layout="layers", norm="reference", reference=(0.0, 1.0))
+    p = got.pixels
+    assert p.shape == (4, 512)
+    assert p[0, 0] == 255
+    assert (p[1, 600 - 512:] == 255).all() and (p[3, 600 - 512:] == 255).all()  # padding
+    assert p[2, 1] == 127 and p[2, 2] == 0
+
+
+def test_below_lo_maps_to_zero():
+    lo, hi = np.float32(1.0), np.float32(2.0)
+    got = render(torch.tensor([[0.5, 1.0, 1.5, 2.0, 9.0]]), width=5, norm="reference", reference=(lo, hi))
+    assert got.pixels.tolist() == [[0, 0, 127, 255, 255]]
+
+
+def test_non_finite_states_give_the_mark_not_an_exception():
+    x = torch.from_numpy(states(4, 1000))
+    x[1, 3], x[2, 10], x[3, 999] = float("nan"), float("inf"), float("-inf")
+    got = render(x, layout="layers")
+    assert torch.isfinite(got.lo).all() and torch.isfinite(got.hi).all()
+    p = got.pixels
+    assert p[2, 3] == 255 and p[4, 10] == 255 and p[7, 999 - 512] == 255
+    clean = x.clone()
+    clean[1, 3] = clean[2, 10] = clean[3, 999] = 0.0
+    mask = torch.ones_like(p, dtype=torch.bool)
+    mask[2, 3] = mask[4, 10] = mask[7, 999 - 512] = False
+    # the finite pixels follow the finite-only statistics
+    want = reference_frame(clean.numpy(), got.lo.numpy(), got.hi.numpy(), 512, "layers", np.float32)
+    np.testing.assert_array_equal(p.numpy()[mask.numpy()], want[mask.numpy()])
+
+
+def test_constant_states_do_not_divide_by_zero():
+    got = render(torch.full((3, 100), 0.5), width=50)
+    assert got.pixels.shape == (6, 50)
+    assert torch.isfinite(got.lo).all()
+
+
+def test_bf16_states_and_same_device():
+    x = torch.randn(4, 256, dtype=torch.bfloat16)
+    got = render(x, width=64)
+    want = render(x.float(), width=64)
+    assert torch.equal(got.pixels, want.pixels)
+    assert got.pixels.device == x.device
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"layout": "spiral"}, "layout"),
+    ({"norm": "global"}, "norm"),
+    ({"width": 0}, "width"),
+    ({"norm": "reference"}, "reference"),
+    ({"norm": "reference", "reference": (np.zeros(3), np.ones(3))}, "1 or 4"),
+])
+def test_bad_options_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        render(torch.randn(4, 64), **kwargs)
+
+
+def test_bad_shape_raises():
+    with pytest.raises(ValueError, match="layers, hidden"):
+        render(torch.randn(64))
