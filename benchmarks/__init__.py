@@ -1,0 +1,1 @@
+"""neuralflow benchmarks: capture overhead, the frame operation, transport, memory."""
