@@ -109,6 +109,12 @@ class Engine:
         """Allocate every buffer once, register the hooks, start the delivery thread."""
         if self._handles:
             raise RuntimeError("this Engine is already attached")
+        if hasattr(self.model, "_orig_mod") or "_compiled_call" in vars(self.model):
+            # compiled code ignores hooks added after compilation: it would capture nothing
+            raise RuntimeError(
+                "this model was compiled before the Engine was attached, so the compiled code would "
+                "never call the capture hooks: attach the Engine to the uncompiled model first, "
+                "then compile or generate")
         self._allocate()
         if self.publish_endpoint:
             from neuralflow.viewer.stream import Publisher
@@ -136,6 +142,8 @@ class Engine:
 
     def detach(self) -> None:
         """Remove every hook, deliver the frames already shipped, stop the thread."""
+        self._enabled = False  # also fails the guard of code compiled with the hooks: it retraces
+        vars(self.model).pop("_compiled_call", None)  # transformers' auto-compiled decode step
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -165,6 +173,10 @@ class Engine:
             self._ref_lo = torch.zeros(layers, dtype=torch.float32, device=device)
             self._ref_hi = torch.ones(layers, dtype=torch.float32, device=device)
         self._ref_ready = self.reference is not None
+        for buffer in (self._staging, self._pixels, self._lo, self._hi, self._token,
+                       self._ref_lo, self._ref_hi):
+            # fixed addresses, so CUDA graphs may write them (like module buffers; see issue 7)
+            torch._dynamo.mark_static_address(buffer)
         cuda = device.type == "cuda"
 
         def host(like):
@@ -188,6 +200,8 @@ class Engine:
             self.error = err
             log.error("neuralflow: capture disabled after an error: %r", err)
 
+    # host-side bookkeeping runs eagerly even inside a compiled model call
+    @torch.compiler.disable
     def _on_model_start(self, module, args, kwargs):
         self._guarded(self._start, args, kwargs)
 
@@ -242,6 +256,7 @@ class Engine:
         else:
             self._token.fill_(-1)
 
+    @torch.compiler.disable
     def _on_model_end(self, module, args, output):
         self._guarded(self._ship)
 

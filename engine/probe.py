@@ -1,0 +1,544 @@
+"""Watch a fine-tune: fixed probe prompts through the model every N steps, drift against step 0.
+
+    from neuralflow.engine.probe import ProbeCallback
+    probe = ProbeCallback({"fox": "The quick brown fox"}, tokenizer=tok, every=50,
+                          publish="tcp://127.0.0.1:5555", recording="run.nfrec", export="timeline")
+    trainer = Trainer(model=model, args=args, train_dataset=ds)
+    probe.attach(trainer)          # or Trainer(..., callbacks=[probe]); see "Logs" below
+    trainer.train()
+
+    with Prober(model, ["The quick brown fox"], tokenizer=tok) as prober:   # a plain loop
+        for step, batch in enumerate(loader):
+            if step % 50 == 0:
+                prober.probe(step)                # -> {"drift/probe0/layer_00": ..., ...}
+            ...forward, backward, optimizer step...
+
+A probe runs each prompt once through the model (eval mode, no grad, use_cache=False) and
+takes every decoder layer's output at the last token, as the engine does. Afterwards every
+module's train flag and the python, numpy, torch CPU and CUDA RNG states are restored; no
+gradient or optimizer state is touched, so training goes on bit for bit as without probes.
+
+Frames: one stream per probe prompt (its own session id and seq numbers, meta "label" and
+"probe" = the prompt's name, Frame.step = the training step). They are published on one
+endpoint (or `publish` as a list: one endpoint per prompt), appended to `recording`, and kept
+in `Prober.frames[name]` for export. norm="reference" (default) freezes each prompt's picture
+scale to its step-0 seed statistics (or to `reference=`), so change stays visible.
+
+Drift of layer l at step s, on the raw float32 states x (not the pixels, so it does not
+saturate and does not depend on the palette or the norm mode):
+    drift[l] = mean_i |x_s[l, i] - x_0[l, i]| / std_i(x_0[l, i])
+i.e. the mean absolute change in units of the layer's own step-0 spread. The drift "jumps" at
+the first layer l with drift[l] >= floor and drift[l] >= factor * max(drift[:l]) (for l = 0,
+drift >= floor alone): layers below it moved less than 1/factor as much. A warning names that
+layer whenever it changes (`Prober.jumps` keeps them).
+
+Logs: at each probe step the callback makes the Trainer log (on every rank: logging gathers
+the loss across ranks) and adds drift/<probe>/layer_NN, drift/<probe>/mean and
+drift/<probe>/jump_layer (-1: none) to those logs and to state.log_history. Reporters
+(TensorBoard, W&B) only see the added keys when the callback runs before them:
+`probe.attach(trainer)` puts it there; `callbacks=[probe]` puts it after them (the Trainer
+appends user callbacks last), which still reaches log_history and the console.
+
+Distributed: ranks="0" (default) probes on global rank 0 only; ranks="all" probes on every
+rank, frames carry Frame.rank and "rank N" in the label, rank N publishes on the endpoint's
+port + N and records to <stem>.rankN<suffix>. Models sharded across ranks (FSDP, ZeRO-3)
+need ranks="all", since every rank must join each forward.
+
+`export_timeline` writes PNGs with the step drawn on each and a looping 15 fps GIF (plain,
+side by side with step 0, or difference against step 0). `run_train_demo` backs
+`neuralflow demo --train`. Tests: `python -m pytest tests/test_probe.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuralflow.engine.layers import decoder_layers, hidden_size, unwrap
+from neuralflow.engine.render import render, seed_stats
+from neuralflow.viewer.frame import OVERFLOW, Frame
+from neuralflow.viewer.wire import new_session_id
+
+try:
+    from transformers import TrainerCallback
+except ImportError:  # the Prober works without transformers' Trainer
+    TrainerCallback = object
+
+log = logging.getLogger("neuralflow")
+
+
+# ---- probing without side effects ----------------------------------------------------------
+
+@contextlib.contextmanager
+def untouched(model: torch.nn.Module):
+    """Eval mode and no grad inside; afterwards every module's train flag and the python,
+    numpy, torch CPU and CUDA RNG states are as they were."""
+    modes = [(module, module.training) for module in model.modules()]
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+           torch.cuda.get_rng_state_all() if cuda else None)
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
+        if cuda:
+            torch.cuda.set_rng_state_all(rng[3])
+
+
+def last_token_states(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """float32 [layers, hidden] on the CPU: each decoder layer's output at the last token of
+    input_ids[0], from one forward (call it inside `untouched`)."""
+    _, layers = decoder_layers(model)
+    states: list = [None] * len(layers)
+
+    def hook_for(i):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+            states[i] = hidden[0, -1].detach().float()
+        return hook
+
+    handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]
+    try:
+        model(input_ids=input_ids, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(states).cpu()  # sync point: once per probe prompt, off the hot path
+
+
+def layer_drift(states: torch.Tensor, start: torch.Tensor) -> np.ndarray:
+    """float64 [layers]: mean |x - x0| / std(x0) per layer (see the module docstring)."""
+    x, x0 = states.double(), start.double()
+    return ((x - x0).abs().mean(dim=1) / x0.std(dim=1).clamp_min(1e-12)).numpy()
+
+
+def first_jump(drift, factor: float = 3.0, floor: float = 0.1) -> int | None:
+    """The first layer whose drift is >= floor and >= factor x every layer below it; None if none.
+    Non-finite drift (NaN, inf) counts as infinite."""
+    d = np.nan_to_num(np.asarray(drift, np.float64), nan=np.inf, posinf=np.inf)
+    for layer, value in enumerate(d):
+        if value >= floor and (layer == 0 or value >= factor * d[:layer].max()):
+            return layer
+    return None
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(global rank, world size) from torch.distributed, else from RANK/WORLD_SIZE, else (0, 1)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _offset_port(endpoint: str, by: int) -> str:
+    match = re.fullmatch(r"(tcp://.+:)(\d+)", endpoint)
+    return f"{match[1]}{int(match[2]) + by}" if match and by else endpoint
+
+
+def _named(prompts) -> dict:
+    if isinstance(prompts, dict):
+        return dict(prompts)
+    if isinstance(prompts, (str, torch.Tensor)) or (prompts and isinstance(prompts[0], int)):
+        prompts = [prompts]
+    return {f"probe{k}": p for k, p in enumerate(prompts)}
+
+
+# ---- the prober ------------------------------------------------------------------------------
+
+class Prober:
+    """Probe `model` with fixed prompts on demand: `probe(step)` (see the module docstring).
+
+    prompts: a str, token ids, or a list or {name: prompt} dict of them (names default to
+    probe0, probe1, ...). tokenizer: turns str prompts into ids. publish: a ZeroMQ endpoint
+    (or one per prompt). recording: a .nfrec path. norm, reference, width, layout: as `render`;
+    reference (lo, hi) / Picture / Frame overrides the step-0 statistics. label: prefix of
+    meta["label"]. rank: global rank (None: detect). ranks: "0" or "all" (who probes).
+    factor, floor: the jump rule. keep: hold frames in `frames` for export. wait: seconds to
+    wait for a viewer on each endpoint before the first probe (returns as soon as one joins).
+    strict: raise probe errors instead of disabling probing with one log line.
+    """
+
+    def __init__(self, model: torch.nn.Module, prompts, *, tokenizer=None, publish=None,
+                 recording=None, norm: str = "reference", reference=None, width: int = 512,
+                 layout: str = "bands", label: str = "", rank: int | None = None,
+                 world: int | None = None, ranks: str = "0", factor: float = 3.0,
+                 floor: float = 0.1, keep: bool = True, wait: float = 0.0, strict: bool = False):
+        if ranks not in ("0", "all"):
+            raise ValueError(f'ranks must be "0" or "all", got {ranks!r}')
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module  # probe the inner module: DDP's forward would start collectives
+        self.model = model
+        detected = distributed_rank()
+        self.rank = detected[0] if rank is None else rank
+        self.world = detected[1] if world is None else world
+        self.active = ranks == "all" or self.rank == 0
+        self.all_ranks = ranks == "all" and self.world > 1
+        self.layers = len(decoder_layers(model)[1])
+        self.hidden = hidden_size(model)
+        self.norm, self.reference, self.width, self.layout = norm, reference, width, layout
+        self.factor, self.floor, self.keep, self.strict = factor, floor, keep, strict
+        self.prompts = {name: self._ids(p, tokenizer) for name, p in _named(prompts).items()}
+        self.tokenizer = tokenizer
+        config = getattr(unwrap(model), "config", None)
+        self.model_name = getattr(config, "_name_or_path", "") or type(unwrap(model)).__name__
+        suffix = f" rank {self.rank}" if self.all_ranks else ""
+        self.labels = {n: f"{label} {n}{suffix}".strip() for n in self.prompts}
+        self.sessions = {n: new_session_id() for n in self.prompts}
+        self.seq = {n: 0 for n in self.prompts}
+        self.start: dict[str, torch.Tensor] = {}  # step-0 states per prompt
+        self.ref: dict[str, tuple] = {}  # frozen lo, hi per prompt
+        self.frames: dict[str, list[Frame]] = {n: [] for n in self.prompts}
+        self.drift: dict[str, list[tuple[int, np.ndarray]]] = {n: [] for n in self.prompts}
+        self.jumps: list[tuple[int, str, int]] = []  # (step, probe, layer) as warned
+        self.enabled, self.error = True, None
+        self.published = self.recorded = 0  # frames handed to the publishers / the recording
+        self.publishers, self.writer = {}, None
+        if self.active:
+            self._open_sinks(publish, recording)
+            for publisher in {id(p): p for p in self.publishers.values()}.values():
+                if wait > 0:
+                    publisher.wait_for_subscribers(1, timeout=wait)
+
+    def _ids(self, prompt, tokenizer) -> torch.Tensor:
+        if isinstance(prompt, str):
+            if tokenizer is None:
+                raise ValueError("str prompts need a tokenizer (or pass token ids)")
+            prompt = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        ids = torch.as_tensor(prompt, dtype=torch.long).reshape(1, -1)
+        if ids.shape[1] == 0:
+            raise ValueError("a probe prompt is empty")
+        return ids
+
+    def _open_sinks(self, publish, recording) -> None:
+        from neuralflow.viewer.recording import RecordingWriter
+        from neuralflow.viewer.stream import Publisher
+        shift = self.rank if self.all_ranks else 0
+        if isinstance(publish, str):
+            shared = Publisher(_offset_port(publish, shift))
+            self.publishers = {n: shared for n in self.prompts}
+        elif publish:
+            if len(publish) != len(self.prompts):
+                raise ValueError(f"publish has {len(publish)} endpoints for {len(self.prompts)} prompts")
+            self.publishers = {n: Publisher(_offset_port(e, shift)) for n, e in zip(self.prompts, publish)}
+        if recording:
+            path = Path(recording)
+            if self.all_ranks:
+                path = path.with_name(f"{path.stem}.rank{self.rank}{path.suffix}")
+            self.writer = RecordingWriter(path)
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        """The bound endpoint (port resolved) of each prompt's stream."""
+        return {n: p.endpoint for n, p in self.publishers.items()}
+
+    def probe(self, step: int) -> dict[str, float]:
+        """Probe every prompt at training step `step`; returns the drift metrics for the logs
+        ({} on a rank that does not probe, or once probing is disabled by an error)."""
+        if not (self.active and self.enabled):
+            return {}
+        try:
+            return self._probe(step)
+        except Exception as err:
+            if self.strict:
+                raise
+            self.enabled, self.error = False, err
+            log.error("neuralflow: probing disabled after an error: %r", err)
+            return {}
+
+    def _probe(self, step: int) -> dict[str, float]:
+        device = next(self.model.parameters()).device
+        with untouched(self.model):
+            states = {n: last_token_states(self.model, ids.to(device)) for n, ids in self.prompts.items()}
+        metrics = {}
+        for name, x in states.items():
+            if name not in self.start:
+                self.start[name] = x
+                self.ref[name] = self._reference(x)
+            frame = self._frame(name, x, step)
+            if name in self.publishers:
+                self.publishers[name].publish(frame)
+                self.published += 1
+            if self.writer is not None:
+                self.writer.write(frame)
+                self.recorded += 1
+            if self.keep:
+                self.frames[name].append(frame)
+            drift = layer_drift(x, self.start[name])
+            self.drift[name].append((step, drift))
+            metrics.update(self._metrics(name, step, drift))
+        return metrics
+
+    def _reference(self, x: torch.Tensor) -> tuple:
+        if self.reference is not None:
+            return self.reference
+        return seed_stats(x, per_layer=False)
+
+    def _frame(self, name: str, x: torch.Tensor, step: int) -> Frame:
+        reference = self.ref[name] if self.norm == "reference" else None
+        picture = render(x, width=self.width, layout=self.layout, norm=self.norm, reference=reference)
+        ids = self.prompts[name]
+        meta = {"model": self.model_name, "label": self.labels[name], "probe": name}
+        if self.tokenizer is not None and hasattr(self.tokenizer, "decode"):
+            meta["token"] = str(self.tokenizer.decode([int(ids[0, -1])]))
+        seq = self.seq[name]
+        self.seq[name] += 1
+        return Frame(pixels=picture.pixels.numpy(), layers=self.layers, hidden=self.hidden,
+                     layout=self.layout, norm=self.norm, lo=picture.lo.numpy(), hi=picture.hi.numpy(),
+                     step=step, token_id=int(ids[0, -1]), position=ids.shape[1] - 1, row=0,
+                     rank=self.rank, time_ns=time.time_ns(), session=self.sessions[name], seq=seq,
+                     meta=meta)
+
+    def _metrics(self, name: str, step: int, drift: np.ndarray) -> dict[str, float]:
+        jump = first_jump(drift, self.factor, self.floor)
+        last = next((layer for _, probe, layer in reversed(self.jumps) if probe == name), None)
+        if jump is not None and jump != last:
+            self.jumps.append((step, name, jump))
+            below = f"at most {drift[:jump].max():.3g} in the layers below" if jump else "the first layer"
+            log.warning("neuralflow: probe %r at step %d: drift jumps at layer %d (%.3g; %s)",
+                        self.labels[name], step, jump, drift[jump], below)
+        out = {f"drift/{name}/layer_{layer:02d}": float(v) for layer, v in enumerate(drift)}
+        out[f"drift/{name}/mean"] = float(np.mean(drift))
+        out[f"drift/{name}/jump_layer"] = -1 if jump is None else jump
+        return out
+
+    def close(self) -> None:
+        """Close the publishers and the recording (idempotent)."""
+        for publisher in {id(p): p for p in self.publishers.values()}.values():
+            publisher.close()
+        self.publishers = {}
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def __enter__(self) -> "Prober":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---- the Trainer callback --------------------------------------------------------------------
+
+class ProbeCallback(TrainerCallback):
+    """Probe at the start of training and every `every` optimizer steps (see the module docstring).
+
+    Takes Prober's options, plus export: a folder to write each prompt's timeline to at the end
+    of training (export_mode "plain", "side" or "diff"). The tokenizer defaults to the Trainer's
+    processing_class. `prober` is built at on_train_begin.
+    """
+
+    def __init__(self, prompts, tokenizer=None, *, every: int = 50, export=None,
+                 export_mode: str = "plain", **options):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.prompts, self.tokenizer, self.every = prompts, tokenizer, every
+        self.export, self.export_mode, self.options = export, export_mode, options
+        self.prober: Prober | None = None
+        self.probed: list[int] = []  # steps probed (on every rank, by schedule)
+        self._pending: tuple[int, dict] | None = None
+        self._attached = False
+
+    def attach(self, trainer) -> "ProbeCallback":
+        """Add this callback to `trainer` ahead of the reporters, so drift reaches them."""
+        from transformers.trainer_callback import DefaultFlowCallback
+        callbacks = trainer.callback_handler.callbacks
+        at = 1 if callbacks and isinstance(callbacks[0], DefaultFlowCallback) else 0
+        callbacks.insert(at, self)
+        self._attached = True
+        return self
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if self.prober is None:
+            self.prober = Prober(model, self.prompts, tokenizer=self.tokenizer or processing_class,
+                                 rank=args.process_index, world=args.world_size, **self.options)
+        reporters = [r for r in (args.report_to or []) if r != "none"]
+        if reporters and not self._attached:
+            log.warning("neuralflow: drift keys reach %s only with probe.attach(trainer) "
+                        "(callbacks=[probe] runs after the reporters)", ", ".join(reporters))
+        self._probe(state.global_step, control)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0:
+            self._probe(state.global_step, control)
+
+    def _probe(self, step: int, control) -> None:
+        if self.probed and self.probed[-1] == step:
+            return
+        self.probed.append(step)
+        metrics = self.prober.probe(step)
+        if len(self.probed) > 1:
+            self._pending = (step, metrics)
+            control.should_log = True  # on every rank alike: the Trainer's log gathers the loss
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._pending is None or self._pending[0] != state.global_step:
+            return
+        metrics = self._pending[1]
+        self._pending = None
+        if logs is not None:
+            logs.update(metrics)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(metrics)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.prober is None:
+            return
+        if self.export and self.prober.active:
+            for name, frames in self.prober.frames.items():
+                if frames:
+                    stem = name + (f".rank{self.prober.rank}" if self.prober.all_ranks else "")
+                    export_timeline(frames, self.export, mode=self.export_mode, name=stem)
+        self.prober.close()
+
+
+# ---- exporting a timeline (torch-free) -------------------------------------------------------
+
+def export_timeline(frames: list[Frame], out_dir, *, mode: str = "plain", palette: str = "seed",
+                    fps: float = 15.0, zoom: int | None = None, name: str = "timeline") -> dict:
+    """Write one prompt's frames (step order) as out_dir/<name>_<step>.png, each with its step
+    drawn under it, and out_dir/<name>.gif (looping, `fps`). mode "plain": the pictures;
+    "side": step 0 left, step N right; "diff": difference to step 0 in the "diverging"
+    palette (white unchanged, red up, blue down). zoom=None scales narrow pictures up to at
+    least 256 px so the caption fits. Returns {"pngs": [...], "gif": path}."""
+    from neuralflow.viewer.palette import difference
+    from neuralflow.viewer.record import animation_frames, write_animation
+
+    if not frames:
+        raise ValueError("no frames to export")
+    first = frames[0]
+    if mode == "plain":
+        shown = list(frames)
+    elif mode == "side":
+        gap = np.full((first.height, 4), OVERFLOW, np.uint8)
+        shown = [f.replace(pixels=np.concatenate([first.pixels, gap, f.pixels], axis=1)) for f in frames]
+    elif mode == "diff":
+        shown = [f.replace(pixels=difference(f, first)[0]) for f in frames]
+        palette = "diverging"
+    else:
+        raise ValueError(f'mode must be "plain", "side" or "diff", got {mode!r}')
+
+    template = {"plain": "step {}", "side": f"step {first.step} | step {{}}",
+                "diff": f"step {{}} - step {first.step}"}[mode]
+
+    def caption(frame: Frame) -> str:
+        return f"{template.format(frame.step)}  {frame.meta.get('label', '')}".strip()
+
+    if zoom is None:
+        zoom = max(1, -(-256 // shown[0].width))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = []
+    for frame, image in zip(frames, animation_frames(shown, palette=palette, zoom=zoom, text=caption)):
+        pngs.append(out / f"{name}_{frame.step:06d}.png")
+        image.save(pngs[-1])
+    gif = write_animation(shown, out / f"{name}.gif", palette=palette, fps=fps, loop=0, zoom=zoom,
+                          text=caption)
+    return {"pngs": pngs, "gif": gif}
+
+
+# ---- neuralflow demo --train -----------------------------------------------------------------
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids 0..255: all a demo needs, nothing to download."""
+
+    def __call__(self, text: str, return_tensors=None) -> dict:
+        return {"input_ids": torch.tensor([list(text.encode())])}
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", "replace")
+
+
+def _demo_text() -> str:
+    path = Path(__file__).parent / "data" / "alice.txt"
+    if path.exists():
+        return path.read_text(encoding="utf-8")
+    return ("Alice was beginning to get very tired of sitting by her sister on the bank, and of "
+            "having nothing to do: once or twice she had peeped into the book her sister was "
+            "reading, but it had no pictures or conversations in it. ") * 8
+
+
+def run_train_demo(args) -> dict:
+    """`neuralflow demo --train`: overfit a small random Mistral on a bundled text at a high
+    learning rate, probing every few steps; frames go live to the endpoint (and a viewer
+    window when there is a display) and the timeline to PNGs and GIFs. Reads these attributes
+    of `args` when present: endpoint ("tcp://127.0.0.1:5555"), out ("neuralflow-train"),
+    steps (80), every (4), lr (3e-3), seed (0), window (None: when there is a display).
+    Returns {"out", "frames", "drift", "jumps", "seconds"}."""
+    import subprocess
+    import sys
+
+    from transformers import MistralConfig, MistralForCausalLM, Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from neuralflow.viewer.stream import DEFAULT_ENDPOINT
+    get = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)
+    endpoint, out = get("endpoint", DEFAULT_ENDPOINT), Path(get("out", "neuralflow-train"))
+    steps, every, lr, seed = get("steps", 80), get("every", 4), get("lr", 3e-3), get("seed", 0)
+    window = get("window", bool(os.environ.get("DISPLAY") or os.name == "nt" or sys.platform == "darwin"))
+    started = time.monotonic()
+
+    torch.manual_seed(seed)
+    config = MistralConfig(vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=12,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                           bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=False)
+    model = MistralForCausalLM(config)
+    text = _demo_text().encode()
+    passage = text[len(text) // 3: len(text) // 3 + 1024]  # the fine-tuning "data set": 1 KiB
+    ids = torch.tensor(list(passage))
+    data = [{"input_ids": ids[k:k + 64], "labels": ids[k:k + 64]} for k in range(0, len(ids) - 64, 32)]
+    prompt = "Alice was beginning to get very tired of sitting by her sister"
+
+    viewer = None
+    if window:
+        viewer = subprocess.Popen([sys.executable, "-m", "neuralflow.viewer.window", "--connect", endpoint])
+    probe = ProbeCallback({"alice": prompt}, tokenizer=ByteTokenizer(), every=every, width=128,
+                          publish=endpoint, label="demo --train", wait=10.0 if viewer else 0.0)
+    targs = TrainingArguments(output_dir=str(out / "trainer"), max_steps=steps, learning_rate=lr,
+                              per_device_train_batch_size=8, warmup_steps=0, lr_scheduler_type="constant",
+                              weight_decay=0.0, report_to="none", save_strategy="no", logging_steps=every,
+                              disable_tqdm=True, seed=seed, use_cpu=True)
+    trainer = Trainer(model=model, args=targs, train_dataset=data)
+    for noisy in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(noisy)
+    probe.attach(trainer)
+    trainer.add_callback(_Say())
+    print(f"neuralflow demo --train: 12-layer Mistral (random init), {len(passage)} bytes of text, "
+          f"lr {lr}, {steps} steps; frames on {endpoint}", flush=True)
+    trainer.train()
+
+    prober = probe.prober
+    out.mkdir(parents=True, exist_ok=True)
+    written = [export_timeline(prober.frames["alice"], out, mode=mode, name=f"alice_{mode}")["gif"]
+               for mode in ("plain", "diff")]
+    seconds = time.monotonic() - started
+    print(f"neuralflow: {len(prober.frames['alice'])} probes in {seconds:.0f} s; wrote PNGs and "
+          f"{', '.join(map(str, written))}", flush=True)
+    if viewer is not None:
+        print("neuralflow: the viewer window stays open; close it to finish", flush=True)
+        viewer.wait()
+    return {"out": out, "frames": prober.frames["alice"], "drift": prober.drift["alice"],
+            "jumps": prober.jumps, "seconds": seconds}
+
+
+class _Say(TrainerCallback):
+    """One short line per log of the demo: step, loss, mean drift, jump layer."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            drift = logs.get("drift/alice/mean")
+            more = f"  drift {drift:.3f}  jump layer {logs['drift/alice/jump_layer']}" if drift is not None else ""
+            print(f"step {state.global_step:4d}  loss {logs['loss']:.3f}{more}", flush=True)
