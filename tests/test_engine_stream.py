@@ -1,0 +1,92 @@
+"""Engine in this process, subscribers in other processes, over real tcp and ipc sockets."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from neuralflow.engine import Engine
+from neuralflow.viewer.recording import Recording
+
+from tiny_models import VOCAB, greedy, tiny
+
+SUBSCRIBE_AND_RECORD = """
+import sys
+from neuralflow.viewer.recording import RecordingWriter
+from neuralflow.viewer.stream import Subscriber
+endpoint, path, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with Subscriber(endpoint, hwm=0) as sub, RecordingWriter(path) as rec:
+    print("ready", flush=True)
+    for _ in range(count):
+        frame = sub.recv(timeout=60)
+        if frame is None:
+            sys.exit("no frame within 60 s")
+        rec.write(frame)
+"""
+
+
+def start_subscriber(endpoint, path, count):
+    proc = subprocess.Popen([sys.executable, "-c", SUBSCRIBE_AND_RECORD, endpoint, str(path), str(count)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def model_and_prompt():
+    model = tiny("mistral", hidden_size=256, intermediate_size=256)
+    return model, torch.randint(3, VOCAB, (1, 6), generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+def test_every_frame_arrives_in_order_and_byte_identical(transport, tmp_path):
+    model, ids = model_and_prompt()
+    endpoint = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{tmp_path}/frames.sock"
+    new = 20
+    rendered = []
+    with Engine(model, width=128, publish=endpoint, on_frame=rendered.append, strict=True) as engine:
+        proc = start_subscriber(engine.publisher.endpoint, tmp_path / "got.nfrec", new)
+        assert engine.publisher.wait_for_subscribers(1, timeout=10)
+        greedy(model, ids, new)
+    assert proc.wait(timeout=60) == 0
+    received = list(Recording(tmp_path / "got.nfrec"))
+    assert len(rendered) == len(received) == new
+    for mine, theirs in zip(rendered, received):
+        assert theirs.pixels.tobytes() == mine.pixels.tobytes()
+        assert (theirs.seq, theirs.step, theirs.token_id, theirs.session) == \
+               (mine.seq, mine.step, mine.token_id, engine.session)
+        np.testing.assert_array_equal(theirs.lo, mine.lo)
+    assert engine.stats["publisher"]["published"] == new
+
+
+@pytest.mark.parametrize("trouble", ["SIGSTOP", "SIGKILL"])
+def test_paused_or_dead_subscriber_never_blocks_generation(trouble, tmp_path):
+    model, ids = model_and_prompt()
+    new = 60
+    greedy(model, ids, 2)  # warm up
+    plain = []
+    for _ in range(2):
+        started = time.perf_counter()
+        greedy(model, ids, new)
+        plain.append(time.perf_counter() - started)
+    with Engine(model, width=128, publish="tcp://127.0.0.1:*") as engine:
+        proc = start_subscriber(engine.publisher.endpoint, tmp_path / "got.nfrec", 10**6)
+        assert engine.publisher.wait_for_subscribers(1, timeout=10)
+        greedy(model, ids, 5)
+        os.kill(proc.pid, getattr(signal, trouble))
+        started = time.perf_counter()
+        greedy(model, ids, new)
+        troubled = time.perf_counter() - started
+    proc.kill()
+    proc.wait()
+    stats = engine.stats
+    assert stats["captured"] == new + 5
+    assert stats["delivered"] + stats["dropped"] == stats["captured"]
+    publisher = stats["publisher"]
+    assert publisher["published"] + publisher["socket_drops"] == stats["delivered"]
+    # within noise of no subscriber (generous: this machine is shared and small)
+    assert troubled < max(plain) * 1.5 + 0.5
