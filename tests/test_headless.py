@@ -1,0 +1,146 @@
+"""Headless recording (neuralflow.viewer.record): PNGs and animations, over a real Publisher,
+and the whole viewer side working with torch made unimportable."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neuralflow.viewer.frame import Frame
+from neuralflow.viewer.palette import colorize
+from neuralflow.viewer.record import CAPTION, record_headless, save_png, write_animation
+from neuralflow.viewer.stream import Publisher
+from neuralflow.viewer.wire import new_session_id
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def make_frame(k: int, session: int = 1, **meta) -> Frame:
+    rows, cols = np.mgrid[0:24, 0:40]
+    pixels = ((rows * 7 + cols * 3 + k * 37) % 256).astype(np.uint8)
+    return Frame(pixels=pixels, layers=6, hidden=150, step=k, seq=k, session=session, meta=meta)
+
+
+def frames_of(path) -> list[np.ndarray]:
+    with Image.open(path) as image:
+        out = []
+        for i in range(image.n_frames):
+            image.seek(i)
+            out.append(np.asarray(image.convert("RGB")))
+        return out
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png"])
+def test_write_animation_exact_colours(tmp_path, suffix):
+    frames = [make_frame(k) for k in range(5)]
+    path = write_animation(frames, tmp_path / f"a{suffix}", palette="seed", fps=15)
+    got = frames_of(path)
+    assert len(got) == 5
+    for frame, image in zip(frames, got):
+        assert image.shape == (24, 40, 3)
+        np.testing.assert_array_equal(image, np.asarray(colorize(frame)))  # no GIF quantization
+    with Image.open(path) as image:
+        assert image.info.get("loop") == 0
+        assert image.info.get("duration") == (70 if suffix == ".gif" else 67)
+
+
+def test_write_animation_caption_and_zoom(tmp_path):
+    frames = [make_frame(k, token=f"tok{k}") for k in range(3)]
+    path = write_animation(frames, tmp_path / "c.gif", palette="viridis", zoom=2, text=True)
+    got = frames_of(path)
+    assert len(got) == 3 and got[0].shape == (48 + CAPTION, 80, 3)
+    np.testing.assert_array_equal(got[1][:48], np.asarray(colorize(frames[1], "viridis", zoom=2)))
+    caption = got[1][48:]
+    colours = {tuple(c) for c in caption.reshape(-1, 3)}
+    assert colours == {(68, 1, 84), (255, 255, 255)}  # viridis' darkest and lightest (overflow white) entries
+    with pytest.raises(ValueError):
+        write_animation(frames, tmp_path / "x.jpg")
+    with pytest.raises(ValueError):
+        write_animation([], tmp_path / "x.gif")
+
+
+def test_save_png_plain_and_with_guide(tmp_path):
+    frame = make_frame(2)
+    plain = save_png(frame, tmp_path / "p.png", palette="magma")
+    with Image.open(plain) as image:
+        np.testing.assert_array_equal(np.asarray(image.convert("RGB")), np.asarray(colorize(frame, "magma")))
+    guided = save_png(frame, tmp_path / "g.png", guide=True)
+    with Image.open(guided) as image:
+        assert image.size[1] == 24 and image.size[0] > 40 + 100
+        np.testing.assert_array_equal(np.asarray(image.convert("RGB"))[:, :40], np.asarray(colorize(frame)))
+
+
+def publish_when_joined(endpoint_box, frames, done):
+    """Runs in a thread: bind, wait for the recorder to subscribe, publish frames, then linger."""
+    with Publisher("tcp://127.0.0.1:*", republish_s=None) as pub:
+        endpoint_box.append(pub.endpoint)
+        assert pub.wait_for_subscribers(1, timeout=10)
+        for frame in frames:
+            pub.publish(frame)
+        done.wait(10)
+
+
+def test_record_headless_over_a_real_publisher(tmp_path, capsys):
+    session = new_session_id()
+    frames = [make_frame(k, session=session, token=f"t{k}") for k in range(7)]
+    box, done = [], threading.Event()
+    publisher = threading.Thread(target=publish_when_joined, args=(box, frames, done))
+    publisher.start()
+    try:
+        while not box:
+            threading.Event().wait(0.01)
+        result = record_headless(box[0], tmp_path / "out", count=7, duration=20, palette="seed")
+    finally:
+        done.set()
+        publisher.join()
+    assert result["frames"] == 7 and result["stats"]["gaps"] == 0
+    pngs = sorted((tmp_path / "out").glob("frame_*.png"))
+    assert pngs == result["pngs"] and len(pngs) == 7
+    for frame, png in zip(frames, pngs):
+        with Image.open(png) as image:
+            assert image.size == (40, 24)
+            np.testing.assert_array_equal(np.asarray(image.convert("RGB")), np.asarray(colorize(frame)))
+    assert result["gif"] == tmp_path / "out" / "animation.gif"
+    got = frames_of(result["gif"])
+    assert len(got) == 7 and got[0].shape == (24 + CAPTION, 40, 3)
+    for frame, image in zip(frames, got):
+        np.testing.assert_array_equal(image[:24], np.asarray(colorize(frame)))
+    assert str(tmp_path / "out") in capsys.readouterr().err
+
+
+def test_record_headless_duration_without_publisher(tmp_path):
+    result = record_headless("tcp://127.0.0.1:1", tmp_path / "none", duration=0.2, quiet=True)
+    assert result["frames"] == 0 and result["gif"] is None and result["pngs"] == []
+
+
+def test_viewer_runs_with_torch_unimportable(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys, threading
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        import numpy as np
+        import neuralflow.viewer.palette, neuralflow.viewer.guide, neuralflow.viewer.record
+        import neuralflow.viewer.window, neuralflow.viewer.stream, neuralflow.viewer.wire
+        from neuralflow.viewer.frame import Frame
+        from neuralflow.viewer.stream import Publisher
+        from neuralflow.viewer.record import record_headless
+        frame = Frame(pixels=np.arange(64, dtype=np.uint8).reshape(8, 8), layers=4, hidden=16)
+        with Publisher("tcp://127.0.0.1:*", republish_s=None) as pub:
+            def send():
+                pub.wait_for_subscribers(1, timeout=10)
+                for k in range(3):
+                    pub.publish(frame.replace(seq=k, step=k))
+            threading.Thread(target=send).start()
+            result = record_headless(pub.endpoint, {str(tmp_path)!r}, count=3, duration=20, quiet=True)
+        assert result["frames"] == 3, result
+        assert sys.modules["torch"] is None
+        print("ok", len(result["pngs"]))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok 3"

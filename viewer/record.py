@@ -1,0 +1,162 @@
+"""Recording without a display: frames -> PNGs and an animated GIF/APNG (torch-free).
+
+- `write_animation(frames, path, ...)`: a pure function, list of frames -> GIF (".gif") or
+  APNG (".png"/".apng"), 15 fps and looping forever by default, as the original did; optional
+  caption ("step N  token") drawn in a strip under each picture. Frames are written in palette
+  mode with the palette's own table, so colours are exact (no GIF quantization).
+- `record_headless(endpoints, out_dir, ...)`: subscribe, write every frame as a PNG, then the
+  animation; for servers and CI. Returns (and prints) where it wrote them.
+
+Run: `python -m neuralflow.viewer.record tcp://127.0.0.1:5555 --out DIR [--count N] [--duration S]`.
+Note: Pillow merges identical consecutive frames of an animation into one longer frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .frame import Frame
+from .guide import _font, with_guide
+from .palette import colorize, indexed, lut
+
+CAPTION = 14  # px of caption strip under each picture
+
+
+def caption_text(frame: Frame) -> str:
+    """Default caption: step, then token text or label when the frame carries one."""
+    parts = [f"step {frame.step}"]
+    if frame.meta.get("token"):
+        parts.append(repr(frame.meta["token"]))
+    elif frame.meta.get("label"):
+        parts.append(frame.meta["label"])
+    return "  ".join(parts)
+
+
+def _captioned(image: Image.Image, text: str, palette: np.ndarray) -> Image.Image:
+    """A copy of a "P" image with a caption strip under it, in the palette's darkest/lightest."""
+    luma = palette.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    dark, light = int(np.argmin(luma)), int(np.argmax(luma))
+    out = Image.new("P", (image.width, image.height + CAPTION), dark)
+    out.putpalette(palette.tobytes(), "RGB")
+    out.paste(image, (0, 0))
+    draw = ImageDraw.Draw(out)
+    draw.fontmode = "1"  # no anti-aliasing: only palette colours
+    draw.text((3, image.height + 1), text, fill=light, font=_font(11))
+    return out
+
+
+def animation_frames(frames: Iterable[Frame | np.ndarray], *, palette: str = "seed", zoom: int = 1,
+                     text: bool | Callable[[Frame], str] = False) -> list[Image.Image]:
+    """The "P" images write_animation saves, all padded to the largest size."""
+    table = lut(palette)
+    images = []
+    for frame in frames:
+        image = indexed(frame, table, zoom)
+        if text and isinstance(frame, Frame):
+            image = _captioned(image, (text if callable(text) else caption_text)(frame), table)
+        images.append(image)
+    if not images:
+        raise ValueError("no frames to write")
+    width, height = max(i.width for i in images), max(i.height for i in images)
+    for k, image in enumerate(images):
+        if image.size != (width, height):  # a geometry change mid-recording: pad, don't fail
+            padded = Image.new("P", (width, height), 255)
+            padded.putpalette(table.tobytes(), "RGB")
+            padded.paste(image, (0, 0))
+            images[k] = padded
+    return images
+
+
+def write_animation(frames: Iterable[Frame | np.ndarray], path: str | os.PathLike, *,
+                    palette: str = "seed", fps: float = 15.0, loop: int = 0, zoom: int = 1,
+                    text: bool | Callable[[Frame], str] = False) -> Path:
+    """Write frames as an animated GIF (".gif") or APNG (".png", ".apng"); returns the path.
+
+    fps: GIF stores delays in 1/100 s, so 15 fps becomes 70 ms per frame (14.3 fps); APNG keeps
+    milliseconds. loop=0 loops forever. text=True draws `caption_text(frame)` under each
+    picture; a callable(frame) -> str draws your own.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".gif", ".png", ".apng"):
+        raise ValueError(f"animation must be .gif, .png or .apng, not {path.name}")
+    images = animation_frames(frames, palette=palette, zoom=zoom, text=text)
+    delay = 10 * round(100.0 / fps) if suffix == ".gif" else round(1000.0 / fps)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, format="GIF" if suffix == ".gif" else "PNG", save_all=True,
+                   append_images=images[1:], duration=delay, loop=loop)
+    return path
+
+
+def save_png(frame: Frame, path: str | os.PathLike, *, palette: str = "seed", guide: bool = False,
+             zoom: int = 1) -> Path:
+    """One frame as a PNG: exact palette image, or RGB with the layer guide beside it."""
+    path = Path(path)
+    image = with_guide(colorize(frame, palette, zoom), frame, zoom) if guide else indexed(frame, palette, zoom)
+    image.save(path)
+    return path
+
+
+def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, count: int | None = None,
+                    duration: float | None = None, palette: str = "seed", gif: bool = True,
+                    guide: bool = False, text: bool = True, gif_frames: int = 1000,
+                    quiet: bool = False) -> dict:
+    """Subscribe to `endpoints` and write each frame as out_dir/frame_NNNNNN.png, then
+    out_dir/animation.gif (the last `gif_frames` frames, captioned when `text`).
+
+    Stops after `count` frames, after `duration` seconds, or on Ctrl-C (at least one of count
+    and duration is wise on a server). Needs no display. Returns {"dir", "pngs", "gif",
+    "frames", "stats"} and prints one line saying where it wrote.
+    """
+    from .stream import Subscriber  # here: callers that only write animations need no sockets
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pngs: list[Path] = []
+    kept: collections.deque[Frame] = collections.deque(maxlen=gif_frames)
+    start = time.monotonic()
+    sub = Subscriber(endpoints, latest_only=False)
+    try:
+        while (count is None or len(pngs) < count) and (duration is None or time.monotonic() - start < duration):
+            frame = sub.recv(timeout=0.05)
+            if frame is not None:
+                pngs.append(save_png(frame, out / f"frame_{len(pngs):06d}.png", palette=palette, guide=guide))
+                kept.append(frame)
+    except KeyboardInterrupt:  # Ctrl-C ends the recording; the animation is still written
+        pass
+    finally:
+        stats = sub.stats
+        sub.close()
+    animation = write_animation(kept, out / "animation.gif", palette=palette, text=text) if gif and kept else None
+    if not quiet:
+        where = f" and {animation}" if animation else ""
+        print(f"neuralflow: wrote {len(pngs)} PNGs to {out}{where}", file=sys.stderr)
+    return {"dir": out, "pngs": pngs, "gif": animation, "frames": len(pngs), "stats": stats}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Record neuralflow frames to PNGs and a GIF, no display needed.")
+    parser.add_argument("endpoints", nargs="+", help="ZeroMQ endpoints, e.g. tcp://127.0.0.1:5555")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--count", type=int, help="stop after this many frames")
+    parser.add_argument("--duration", type=float, help="stop after this many seconds")
+    parser.add_argument("--palette", default="seed")
+    parser.add_argument("--guide", action="store_true", help="PNGs with the layer guide beside them")
+    parser.add_argument("--no-gif", action="store_true")
+    args = parser.parse_args(argv)
+    record_headless(args.endpoints, args.out, count=args.count, duration=args.duration,
+                    palette=args.palette, gif=not args.no_gif, guide=args.guide)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
