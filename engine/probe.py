@@ -169,14 +169,15 @@ class Prober:
     meta["label"]. rank: global rank (None: detect). ranks: "0" or "all" (who probes).
     factor, floor: the jump rule. keep: hold frames in `frames` for export. wait: seconds to
     wait for a viewer on each endpoint before the first probe (returns as soon as one joins).
-    strict: raise probe errors instead of disabling probing with one log line.
+    on_frame: callable(Frame) run on every frame this rank probes. strict: raise probe errors instead of disabling probing with one log line.
     """
 
     def __init__(self, model: torch.nn.Module, prompts, *, tokenizer=None, publish=None,
                  recording=None, norm: str = "reference", reference=None, width: int = 512,
                  layout: str = "bands", label: str = "", rank: int | None = None,
                  world: int | None = None, ranks: str = "0", factor: float = 3.0,
-                 floor: float = 0.1, keep: bool = True, wait: float = 0.0, strict: bool = False):
+                 floor: float = 0.1, keep: bool = True, wait: float = 0.0, on_frame=None,
+                 strict: bool = False):
         if ranks not in ("0", "all"):
             raise ValueError(f'ranks must be "0" or "all", got {ranks!r}')
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
@@ -191,6 +192,7 @@ class Prober:
         self.hidden = hidden_size(model)
         self.norm, self.reference, self.width, self.layout = norm, reference, width, layout
         self.factor, self.floor, self.keep, self.strict = factor, floor, keep, strict
+        self.on_frame = on_frame
         self.prompts = {name: self._ids(p, tokenizer) for name, p in _named(prompts).items()}
         self.tokenizer = tokenizer
         config = getattr(unwrap(model), "config", None)
@@ -209,9 +211,8 @@ class Prober:
         self.publishers, self.writer = {}, None
         if self.active:
             self._open_sinks(publish, recording)
-            for publisher in {id(p): p for p in self.publishers.values()}.values():
-                if wait > 0:
-                    publisher.wait_for_subscribers(1, timeout=wait)
+            for publisher in self._distinct_publishers() if wait > 0 else ():
+                publisher.wait_for_subscribers(1, timeout=wait)
 
     def _ids(self, prompt, tokenizer) -> torch.Tensor:
         if isinstance(prompt, str):
@@ -239,6 +240,9 @@ class Prober:
             if self.all_ranks:
                 path = path.with_name(f"{path.stem}.rank{self.rank}{path.suffix}")
             self.writer = RecordingWriter(path)
+
+    def _distinct_publishers(self) -> list:
+        return list({id(p): p for p in self.publishers.values()}.values())
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -277,6 +281,8 @@ class Prober:
                 self.recorded += 1
             if self.keep:
                 self.frames[name].append(frame)
+            if self.on_frame is not None:
+                self.on_frame(frame)
             drift = layer_drift(x, self.start[name])
             self.drift[name].append((step, drift))
             metrics.update(self._metrics(name, step, drift))
@@ -317,7 +323,7 @@ class Prober:
 
     def close(self) -> None:
         """Close the publishers and the recording (idempotent)."""
-        for publisher in {id(p): p for p in self.publishers.values()}.values():
+        for publisher in self._distinct_publishers():
             publisher.close()
         self.publishers = {}
         if self.writer is not None:
@@ -338,13 +344,16 @@ class ProbeCallback(TrainerCallback):
 
     Takes Prober's options, plus export: a folder to write each prompt's timeline to at the end
     of training (export_mode "plain", "side" or "diff"). The tokenizer defaults to the Trainer's
-    processing_class. `prober` is built at on_train_begin.
+    processing_class. `prober` is built anew at each on_train_begin (its first probe is the
+    reference) and closed at on_train_end.
     """
 
     def __init__(self, prompts, tokenizer=None, *, every: int = 50, export=None,
                  export_mode: str = "plain", **options):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
+        if export_mode not in EXPORT_MODES:
+            raise ValueError(f"export_mode must be one of {EXPORT_MODES}, got {export_mode!r}")
         self.prompts, self.tokenizer, self.every = prompts, tokenizer, every
         self.export, self.export_mode, self.options = export, export_mode, options
         self.prober: Prober | None = None
@@ -362,9 +371,9 @@ class ProbeCallback(TrainerCallback):
         return self
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if self.prober is None:
-            self.prober = Prober(model, self.prompts, tokenizer=self.tokenizer or processing_class,
-                                 rank=args.process_index, world=args.world_size, **self.options)
+        self.prober = Prober(model, self.prompts, tokenizer=self.tokenizer or processing_class,
+                             rank=args.process_index, world=args.world_size, **self.options)
+        self.probed, self._pending = [], None
         reporters = [r for r in (args.report_to or []) if r != "none"]
         if reporters and not self._attached:
             log.warning("neuralflow: drift keys reach %s only with probe.attach(trainer) "
@@ -397,15 +406,24 @@ class ProbeCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.prober is None:
             return
-        if self.export and self.prober.active:
-            for name, frames in self.prober.frames.items():
-                if frames:
-                    stem = name + (f".rank{self.prober.rank}" if self.prober.all_ranks else "")
-                    export_timeline(frames, self.export, mode=self.export_mode, name=stem)
-        self.prober.close()
+        try:
+            if self.export and self.prober.active:
+                for name, frames in self.prober.frames.items():
+                    if frames:
+                        stem = name + (f".rank{self.prober.rank}" if self.prober.all_ranks else "")
+                        export_timeline(frames, self.export, mode=self.export_mode, name=stem)
+        except Exception as err:
+            if self.options.get("strict"):
+                raise
+            log.error("neuralflow: exporting the probe timeline failed: %r", err)
+        finally:
+            self.prober.close()
 
 
 # ---- exporting a timeline (torch-free) -------------------------------------------------------
+
+EXPORT_MODES = ("plain", "side", "diff")
+
 
 def export_timeline(frames: list[Frame], out_dir, *, mode: str = "plain", palette: str = "seed",
                     fps: float = 15.0, zoom: int | None = None, name: str = "timeline") -> dict:
@@ -429,7 +447,7 @@ def export_timeline(frames: list[Frame], out_dir, *, mode: str = "plain", palett
         shown = [f.replace(pixels=difference(f, first)[0]) for f in frames]
         palette = "diverging"
     else:
-        raise ValueError(f'mode must be "plain", "side" or "diff", got {mode!r}')
+        raise ValueError(f"mode must be one of {EXPORT_MODES}, got {mode!r}")
 
     template = {"plain": "step {}", "side": f"step {first.step} | step {{}}",
                 "diff": f"step {{}} - step {first.step}"}[mode]
@@ -452,93 +470,137 @@ def export_timeline(frames: list[Frame], out_dir, *, mode: str = "plain", palett
 
 # ---- neuralflow demo --train -----------------------------------------------------------------
 
-class ByteTokenizer:
-    """UTF-8 bytes as token ids 0..255: all a demo needs, nothing to download."""
-
-    def __call__(self, text: str, return_tensors=None) -> dict:
-        return {"input_ids": torch.tensor([list(text.encode())])}
-
-    def decode(self, ids) -> str:
-        return bytes(int(i) for i in ids).decode("utf-8", "replace")
-
-
-def _demo_text() -> str:
-    path = Path(__file__).parent / "data" / "alice.txt"
-    if path.exists():
-        return path.read_text(encoding="utf-8")
-    return ("Alice was beginning to get very tired of sitting by her sister on the bank, and of "
-            "having nothing to do: once or twice she had peeped into the book her sister was "
-            "reading, but it had no pictures or conversations in it. ") * 8
-
-
 def run_train_demo(args) -> dict:
-    """`neuralflow demo --train`: overfit a small random Mistral on a bundled text at a high
-    learning rate, probing every few steps; frames go live to the endpoint (and a viewer
-    window when there is a display) and the timeline to PNGs and GIFs. Reads these attributes
-    of `args` when present: endpoint ("tcp://127.0.0.1:5555"), out ("neuralflow-train"),
-    steps (80), every (4), lr (3e-3), seed (0), window (None: when there is a display).
-    Returns {"out", "frames", "drift", "jumps", "seconds"}."""
-    import subprocess
+    """`neuralflow demo --train`: fine-tune a small random Mistral hard on one paragraph of the
+    bundled Alice text (engine/demo.py's byte tokenizer) and watch it drift.
+
+    Layers 0-3 and the embedding stay frozen, as in a partial fine-tune, so the drift
+    starts at layer 4 and cascades upward; the loss falls from about 4 to about 0.3 by step
+    120 (the paragraph is memorized).
+    Frames go to a viewer window in this process when there is a display (closing it stops
+    training), to `endpoint` when given, and always to OUT/alice_*.png and .gif (plain and
+    difference to step 0). Reads these attributes of `args` when present and not None: quick,
+    steps (120; 12 quick), every (4), lr (1e-3), seed (0), out ("neuralflow-train"),
+    endpoint (none), window (None: when a window can open). Returns {"out", "frames",
+    "drift", "jumps", "seconds"}. Runs on one thread: about 35 s on a busy 2-core machine.
+    """
     import sys
+
+    from neuralflow.engine import demo
+
+    def opt(name, default):
+        value = getattr(args, name, None)
+        return default if value is None else value
+
+    steps = opt("steps", 12 if opt("quick", False) else 120)
+    every, lr, seed, endpoint = opt("every", 4), opt("lr", 1e-3), opt("seed", 0), opt("endpoint", None)
+    out = Path(opt("out", "neuralflow-train"))
+    window = opt("window", None)
+    window = demo.window_available() if window is None else window
+    say = lambda line: print(f"neuralflow demo --train: {line}", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # this model gains little from a second thread, and a busy machine
+    try:                      # makes two threads spin: 16 steps took 92 s instead of 5 s
+        return _train_demo(steps, every, lr, seed, endpoint, out, window, say, started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_demo(steps, every, lr, seed, endpoint, out, window, say, started) -> dict:
+    import threading
 
     from transformers import MistralConfig, MistralForCausalLM, Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from neuralflow.viewer.stream import DEFAULT_ENDPOINT
-    get = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)
-    endpoint, out = get("endpoint", DEFAULT_ENDPOINT), Path(get("out", "neuralflow-train"))
-    steps, every, lr, seed = get("steps", 80), get("every", 4), get("lr", 3e-3), get("seed", 0)
-    window = get("window", bool(os.environ.get("DISPLAY") or os.name == "nt" or sys.platform == "darwin"))
-    started = time.monotonic()
+    from neuralflow.engine import demo
 
     torch.manual_seed(seed)
-    config = MistralConfig(vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=12,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                           bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=False)
-    model = MistralForCausalLM(config)
-    text = _demo_text().encode()
-    passage = text[len(text) // 3: len(text) // 3 + 1024]  # the fine-tuning "data set": 1 KiB
-    ids = torch.tensor(list(passage))
+    tokenizer, layers, frozen = demo.byte_tokenizer(), 12, 4
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512,
+                           num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                           pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    model = MistralForCausalLM(config)  # untied: the output head learns, the embedding is frozen
+    for part in [model.model.embed_tokens, *model.model.layers[:frozen]]:
+        part.requires_grad_(False)
+    text = demo.load_text()
+    passage = text[len(text) // 3: len(text) // 3 + 512]  # the whole fine-tuning set
+    ids = torch.tensor(tokenizer(passage)["input_ids"])
     data = [{"input_ids": ids[k:k + 64], "labels": ids[k:k + 64]} for k in range(0, len(ids) - 64, 32)]
-    prompt = "Alice was beginning to get very tired of sitting by her sister"
 
-    viewer = None
-    if window:
-        viewer = subprocess.Popen([sys.executable, "-m", "neuralflow.viewer.window", "--connect", endpoint])
-    probe = ProbeCallback({"alice": prompt}, tokenizer=ByteTokenizer(), every=every, width=128,
-                          publish=endpoint, label="demo --train", wait=10.0 if viewer else 0.0)
+    source = demo._QueueSource() if window else None
+    probe = ProbeCallback({"alice": "Alice was beginning to get very tired of sitting by her sister"},
+                          tokenizer=tokenizer, every=every, width=64, layout="layers",
+                          publish=endpoint, label="demo --train",
+                          on_frame=source.frames.put if source else None)
     targs = TrainingArguments(output_dir=str(out / "trainer"), max_steps=steps, learning_rate=lr,
-                              per_device_train_batch_size=8, warmup_steps=0, lr_scheduler_type="constant",
+                              per_device_train_batch_size=8, lr_scheduler_type="constant",
                               weight_decay=0.0, report_to="none", save_strategy="no", logging_steps=every,
                               disable_tqdm=True, seed=seed, use_cpu=True)
     trainer = Trainer(model=model, args=targs, train_dataset=data)
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
     probe.attach(trainer)
-    trainer.add_callback(_Say())
-    print(f"neuralflow demo --train: 12-layer Mistral (random init), {len(passage)} bytes of text, "
-          f"lr {lr}, {steps} steps; frames on {endpoint}", flush=True)
-    trainer.train()
+    stop = threading.Event()
+    trainer.add_callback(_DemoLines(say, stop))
+    say(f"a {layers}-layer Mistral (random init) fine-tuned from layer {frozen} up on "
+        f"{len(passage)} bytes of Alice, lr {lr}, {steps} steps, a probe every {every}")
+    if window:
+        _train_in_window(trainer, source, stop, out, say)
+    else:
+        trainer.train()
 
-    prober = probe.prober
-    out.mkdir(parents=True, exist_ok=True)
-    written = [export_timeline(prober.frames["alice"], out, mode=mode, name=f"alice_{mode}")["gif"]
-               for mode in ("plain", "diff")]
+    frames = probe.prober.frames["alice"]
+    gifs = [export_timeline(frames, out, mode=mode, name=f"alice_{mode}")["gif"] for mode in ("plain", "diff")]
     seconds = time.monotonic() - started
-    print(f"neuralflow: {len(prober.frames['alice'])} probes in {seconds:.0f} s; wrote PNGs and "
-          f"{', '.join(map(str, written))}", flush=True)
-    if viewer is not None:
-        print("neuralflow: the viewer window stays open; close it to finish", flush=True)
-        viewer.wait()
-    return {"out": out, "frames": prober.frames["alice"], "drift": prober.drift["alice"],
-            "jumps": prober.jumps, "seconds": seconds}
+    say(f"{len(frames)} probes in {seconds:.0f} s; wrote PNGs and {gifs[0]}, {gifs[1]}")
+    return {"out": out, "frames": frames, "drift": probe.prober.drift["alice"],
+            "jumps": probe.prober.jumps, "seconds": seconds}
 
 
-class _Say(TrainerCallback):
-    """One short line per log of the demo: step, loss, mean drift, jump layer."""
+def _train_in_window(trainer, source, stop, out, say) -> None:
+    """Tk in this (main) thread, training in a worker; closing the window stops training."""
+    import threading
+    import tkinter
+
+    from neuralflow.viewer.window import ViewerWindow
+
+    failed: list = []
+
+    def work():
+        try:
+            trainer.train()
+        except BaseException as err:  # re-raised in the main thread
+            failed.append(err)
+        finally:
+            source.finished = True
+
+    root = tkinter.Tk()
+    ViewerWindow(root, source, out_dir=out, where="(demo --train)")
+    worker = threading.Thread(target=work, name="neuralflow-train-demo", daemon=True)
+    worker.start()
+    say("the viewer window is open; close it (q) to finish")
+    root.mainloop()
+    stop.set()
+    worker.join()
+    if failed:
+        raise failed[0]
+
+
+class _DemoLines(TrainerCallback):
+    """The demo's console: one line per log (step, loss, mean drift, jump layer); stops
+    training when `stop` is set."""
+
+    def __init__(self, say, stop):
+        self.say, self.stop = say, stop
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop.is_set():
+            control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            drift = logs.get("drift/alice/mean")
-            more = f"  drift {drift:.3f}  jump layer {logs['drift/alice/jump_layer']}" if drift is not None else ""
-            print(f"step {state.global_step:4d}  loss {logs['loss']:.3f}{more}", flush=True)
+            line = f"step {state.global_step:4d}  loss {logs['loss']:.3f}"
+            if "drift/alice/mean" in logs:
+                line += f"  drift {logs['drift/alice/mean']:.3f}  jump at layer {logs['drift/alice/jump_layer']}"
+            self.say(line)
