@@ -1,0 +1,340 @@
+"""The GPU benchmark: Mistral-7B architecture, random bf16 weights, sdpa, batch 1, one run.
+
+    python -m neuralflow.benchmarks.gpu                  # H100/H200, about 8 minutes, writes $OUT
+    python -m neuralflow.benchmarks.gpu --quick          # fewer tokens and reps, about 4 minutes
+    python -m neuralflow.benchmarks.gpu --device cpu --quick --small   # dry run of the logic
+
+Sections, in this order (each in try/except: a failure is recorded and the next one runs; the
+JSON and the table are rewritten after every section, so a run cut short keeps what it got):
+  correctness      Engine frames against `render` of the same states recorded independently
+                   by a second set of hooks during the same generate (a few steps);
+  frame_op         the [32, 4096] frame op, ours (compiled) against eager torch, device time
+                   from CUDA events; plus a torch.profiler listing of what one call launches;
+  overhead:eager   eager generate, 128 new tokens, none / neuralflow / naive / seed interleaved;
+  memory           CUDA and host memory added by capture over 1,000 tokens;
+  overhead:static  generate(cache_implementation="static") (auto-compiled, CUDA graphs), none /
+                   neuralflow interleaved; logs mentioning cudagraphs, the inductor's cudagraph
+                   skip counter, graph breaks and recompiles are recorded alongside. Last, as
+                   compiling is slow and capture under compile may fail (issue 7).
+--budget-s bounds the whole run: the repeated sections stop adding reps at their share of the
+time, and a section is skipped (recorded as such) when too little time is left.
+Output: $OUT/gpu.json and $OUT/gpu.txt ($OUT defaults to ./out), frame op traces alongside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuralflow.benchmarks.report import environment, tables, write_json
+
+
+@dataclass
+class GpuConfig:
+    new_tokens: int = 128
+    reps: int = 8
+    warmup: int = 1
+    static_reps: int = 6
+    static_warmup: int = 2  # compiles: one round for each of none and neuralflow, then steady
+    correctness_steps: int = 4
+    frame_iters: int = 200
+    frame_rounds: int = 10
+    memory_tokens: int = 1000
+    memory_chunk: int = 100
+    prompt_tokens: int = 16
+
+
+QUICK = dict(new_tokens=32, reps=4, static_reps=3, frame_iters=100, frame_rounds=5,
+             memory_tokens=200, memory_chunk=50)
+SMALL_CPU = dict(new_tokens=6, reps=2, warmup=1, static_reps=2, static_warmup=1, correctness_steps=3,
+                 frame_iters=5, frame_rounds=2, memory_tokens=12, memory_chunk=4, prompt_tokens=6)
+MIN_SECONDS = {"correctness": 20, "frame_op": 60, "overhead:eager": 60, "memory": 60,
+               "overhead:static": 150}  # also the order they run in: the riskiest last
+SECTIONS = tuple(MIN_SECONDS)
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class _Recorder:
+    """Independent hooks: each forward's [layers, hidden] last-token layer outputs, cloned (float32)."""
+
+    def __init__(self, layers):
+        self.layers, self.rows, self.steps, self.handles = layers, [None] * len(layers), [], []
+
+    def __enter__(self):
+        for i, layer in enumerate(self.layers):
+            self.handles.append(layer.register_forward_hook(self._hook(i)))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+    def _hook(self, i):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+            self.rows[i] = hidden[0, -1].detach().float().clone()
+            if i == len(self.layers) - 1:
+                self.steps.append(torch.stack(self.rows))
+        return hook
+
+
+def correctness(model, ids, steps: int) -> dict:
+    """Engine frames vs render() and the numpy baseline on the same, independently recorded states."""
+    from neuralflow.benchmarks.baselines import numpy_frame
+    from neuralflow.benchmarks.models import greedy_kwargs
+    from neuralflow.engine import Engine, render
+    from neuralflow.engine.layers import decoder_layers
+
+    frames = []
+    with Engine(model, on_frame=frames.append, strict=True) as engine:
+        with _Recorder(decoder_layers(model)[1]) as recorder:
+            model.generate(ids, **greedy_kwargs(steps))
+    rows = []
+    for frame, states in zip(frames, recorder.steps):
+        want = render(states)
+        ours, ref = frame.pixels.astype(np.int16), want.pixels.cpu().numpy().astype(np.int16)
+        host = numpy_frame(states.cpu().numpy()).astype(np.int16)
+        rel = lambda a, b: float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
+        rows.append({"step": frame.step, "pixels_differing": float(np.mean(ours != ref)),
+                     "max_pixel_diff": int(np.max(np.abs(ours - ref))),
+                     "lo_rel_diff": rel(frame.lo, want.lo.cpu().numpy()),
+                     "hi_rel_diff": rel(frame.hi, want.hi.cpu().numpy()),
+                     "numpy_baseline_pixels_differing": float(np.mean(host != ref))})
+    ok = (len(frames) == len(recorder.steps) == steps and engine.error is None
+          and all(r["pixels_differing"] <= 1e-3 and r["lo_rel_diff"] <= 1e-4 for r in rows))
+    return {"ok": bool(ok), "frames": len(frames), "recorded": len(recorder.steps),
+            "engine_stats": {k: v for k, v in engine.stats.items() if not isinstance(v, dict)},
+            "steps": rows, "tolerance": "pixels differing <= 0.1 %, lo/hi relative diff <= 1e-4"}
+
+
+def frame_op(device: str, cfg: GpuConfig, out_dir: Path, shape) -> dict:
+    from neuralflow.benchmarks.frameop import measure_frame_op, profile_frame_op
+
+    result = measure_frame_op(shape, device, iters=cfg.frame_iters, rounds=cfg.frame_rounds, progress=_log)
+    try:
+        profile = profile_frame_op(shape, device, trace_path=out_dir / "frame_op_trace.json")
+        result["profile"] = profile
+        result["launched_per_call"] = {k: v["count"] for k, v in profile.items()}
+        result["profiled_device_us"] = {k: v["total_us"] for k, v in profile.items()}
+    except Exception:
+        result["profile"] = {"error": traceback.format_exc()}
+    return result
+
+
+class _CompileWatch:
+    """Collect torch log records about cudagraphs/recompiles and the dynamo/inductor counters."""
+
+    def __init__(self):
+        self.messages: list[str] = []
+
+    def __enter__(self):
+        try:
+            torch._logging.set_logs(cudagraphs=True, recompiles=True, graph_breaks=True)
+        except Exception as err:  # the log names differ between torch versions
+            self.messages.append(f"(set_logs failed: {err!r})")
+        self.handler = logging.Handler()
+        self.handler.emit = lambda record: self.messages.append(record.getMessage()[:500])
+        self.loggers = [logging.getLogger("torch"), logging.getLogger()]
+        for logger in self.loggers:
+            logger.addHandler(self.handler)
+        self.before = self._counters()
+        return self
+
+    def __exit__(self, *exc):
+        for logger in self.loggers:
+            logger.removeHandler(self.handler)
+
+    @staticmethod
+    def _counters() -> dict:
+        try:
+            from torch._dynamo.utils import counters
+            return {"cudagraph_skips": int(counters["inductor"]["cudagraph_skips"]),
+                    "graph_breaks": int(sum(counters["graph_break"].values())),
+                    "unique_graphs": int(counters["stats"]["unique_graphs"])}
+        except Exception as err:
+            return {"error": repr(err)}
+
+    def report(self) -> dict:
+        after = self._counters()
+        delta = {k: after[k] - self.before.get(k, 0) for k in after if isinstance(after[k], int)}
+        unique = list(dict.fromkeys(self.messages))
+        skipping = [m for m in unique if "skipping cudagraphs" in m.lower()]
+        return {"counters": delta, "skipping_cudagraphs": skipping[:20],
+                "cudagraphs_skipped": bool(skipping) or delta.get("cudagraph_skips", 0) > 0,
+                "messages": [m for m in unique if "cudagraph" in m.lower() or "recompil" in m.lower()
+                             or "graph break" in m.lower()][:60]}
+
+
+def _static_frames_vs_eager(model, ids, steps: int) -> dict:
+    """Frames captured under the static-cache compiled generate against eager capture, same prompt.
+
+    Compared while both runs fed the same tokens (bf16 static and dynamic caches may pick
+    different tokens after a while)."""
+    from neuralflow.benchmarks.models import greedy_kwargs
+    from neuralflow.engine import Engine
+
+    runs = {}
+    for name, extra in (("static", {"cache_implementation": "static"}), ("eager", {})):
+        frames = []
+        with Engine(model, on_frame=frames.append) as engine:
+            model.generate(ids, **greedy_kwargs(steps), **extra)
+        runs[name] = (frames, engine.error)
+    (static, static_error), (eager, _) = runs["static"], runs["eager"]
+    rows = []
+    for a, b in zip(static, eager):
+        if a.token_id != b.token_id:
+            break
+        rows.append({"step": a.step, "pixels_differing": float(np.mean(a.pixels != b.pixels)),
+                     "lo_rel_diff": float(np.max(np.abs(a.lo - b.lo) / np.maximum(np.abs(b.lo), 1e-30)))})
+    return {"static_frames": len(static), "eager_frames": len(eager), "expected": steps,
+            "static_error": repr(static_error) if static_error else None, "compared": rows,
+            "max_pixels_differing": max((r["pixels_differing"] for r in rows), default=None)}
+
+
+def overhead_static(model, ids, cfg: GpuConfig, deadline: float) -> dict:
+    """Static-cache (compiled) generate, none / neuralflow interleaved, with compile diagnostics.
+
+    Note: torch._dynamo skips guards on module hooks by default (skip_nnmodule_hook_guards), so
+    code compiled before an Engine attaches may silently run without its hooks (issue 7);
+    "capture_complete" says whether every timed forward produced a frame."""
+    from neuralflow.benchmarks.overhead import measure_overhead
+
+    with _CompileWatch() as watch:
+        try:
+            result = measure_overhead(model, ids, cfg.new_tokens, cfg.static_reps, ("none", "neuralflow"),
+                                      warmup=cfg.static_warmup, deadline=deadline, progress=_log,
+                                      step_clock=False,  # a timing hook would join the compiled graph
+                                      generate_kwargs={"cache_implementation": "static"})
+            counts = result["variants"]["neuralflow"]["counts"]
+            expected = result["config"]["reps"] * cfg.new_tokens
+            result["capture_complete"] = counts.get("captured") == expected and not counts.get("errors")
+            result["frames_expected"] = expected
+        except Exception:
+            result = {"error": traceback.format_exc()}
+        try:
+            result["frames_vs_eager"] = _static_frames_vs_eager(model, ids, cfg.correctness_steps)
+        except Exception:
+            result["frames_vs_eager"] = {"error": traceback.format_exc()}
+    result["compile"] = watch.report()
+    return result
+
+
+def _summary(result: dict) -> str:
+    """Lines the generic tables do not cover: correctness, kernels per frame, compile notes."""
+    lines = []
+    c = result.get("correctness", {})
+    if "ok" in c:
+        worst = max((r["pixels_differing"] for r in c["steps"]), default=0.0)
+        lines.append(f"correctness: ok={c['ok']} frames={c['frames']} recorded={c['recorded']} "
+                     f"worst pixels differing={worst:.2e} ({c['tolerance']})")
+    f = result.get("frame_op", {})
+    if "launched_per_call" in f:
+        lines.append(f"frame op launches per call: {f['launched_per_call']}; profiled device us: "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in f["profiled_device_us"].items()))
+        ours = f["profile"].get("neuralflow", {}).get("launched", [])
+        lines.append("  neuralflow launched: " + "; ".join(r["name"] for r in ours[:12]))
+    s = result.get("overhead:static", {})
+    if "compile" in s:
+        comp = s["compile"]
+        lines.append(f"static/compiled: cudagraphs skipped={comp['cudagraphs_skipped']} "
+                     f"counters={comp['counters']} capture complete={s.get('capture_complete')} "
+                     f"(frames expected {s.get('frames_expected')})")
+        vs = s.get("frames_vs_eager", {})
+        lines.append(f"  frames static vs eager: {vs.get('static_frames')}/{vs.get('eager_frames')} frames, "
+                     f"{len(vs.get('compared', []))} compared, max pixels differing "
+                     f"{vs.get('max_pixels_differing')}, static error {vs.get('static_error') or vs.get('error')}")
+        for m in comp["skipping_cudagraphs"][:5]:
+            lines.append(f"  {m}")
+    for key, section in result.items():
+        if isinstance(section, dict) and "skipped" in section:
+            lines.append(f"[{key}] skipped: {section['skipped']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m neuralflow.benchmarks.gpu", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--quick", action="store_true", help="fewer tokens, reps and samples")
+    parser.add_argument("--small", action="store_true", help="tiny model and shapes (dry runs on a CPU)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--out", default=os.environ.get("OUT", "out"), help="output folder (default $OUT or ./out)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget for the whole run")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    deadline = started + args.budget_s
+    cfg = GpuConfig(**{**(QUICK if args.quick else {}), **(SMALL_CPU if args.small else {})})
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from neuralflow.benchmarks.models import PRESETS, build, prompt_ids
+
+    preset = PRESETS["tiny" if args.small else "mistral-7b"]
+    result = {"environment": environment(args.device), "config": asdict(cfg), "args": vars(args),
+              "model": {"preset": "tiny" if args.small else "mistral-7b", **asdict(preset)}}
+
+    def save():
+        result["seconds"] = time.monotonic() - started
+        write_json(result, out_dir / "gpu.json")
+        (out_dir / "gpu.txt").write_text(tables(result) + "\n\n" + _summary(result) + "\n")
+
+    model = ids = None
+    try:
+        _log(f"building {result['model']['preset']} ({args.dtype}) on {args.device} ...")
+        t = time.monotonic()
+        model = build(preset, args.device, getattr(torch, args.dtype))
+        ids = prompt_ids(model, cfg.prompt_tokens)
+        result["model"]["build_s"] = time.monotonic() - t
+    except Exception:
+        result["model"]["error"] = traceback.format_exc()
+        _log(result["model"]["error"])
+    save()
+    from neuralflow.benchmarks.memory import measure_memory
+    from neuralflow.benchmarks.overhead import measure_overhead
+
+    jobs = {
+        "correctness": lambda left: correctness(model, ids, cfg.correctness_steps),
+        "frame_op": lambda left: frame_op(args.device, cfg, out_dir, preset.shape),
+        "overhead:eager": lambda left: measure_overhead(
+            model, ids, cfg.new_tokens, cfg.reps, warmup=cfg.warmup, progress=_log,
+            deadline=time.monotonic() + 0.4 * left),
+        "memory": lambda left: measure_memory(model, ids, cfg.memory_tokens, cfg.memory_chunk, progress=_log),
+        "overhead:static": lambda left: overhead_static(model, ids, cfg, time.monotonic() + left - 30),
+    }
+    for name in SECTIONS:
+        if name not in args.sections:
+            continue
+        left = deadline - time.monotonic()
+        needs_model = name != "frame_op"
+        if needs_model and model is None:
+            result[name] = {"skipped": "no model (see model.error)"}
+        elif left < MIN_SECONDS[name] and not args.small:
+            result[name] = {"skipped": f"out of time ({left:.0f} s left, needs ~{MIN_SECONDS[name]} s)"}
+        else:
+            _log(f"[{name}] ({time.monotonic() - started:.0f} s elapsed, {left:.0f} s left)")
+            try:
+                result[name] = jobs[name](left)
+            except Exception:
+                result[name] = {"error": traceback.format_exc()}
+                _log(f"[{name}] failed:\n{result[name]['error']}")
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        save()
+    print(tables(result) + "\n\n" + _summary(result))
+    _log(f"wrote {out_dir / 'gpu.json'} and {out_dir / 'gpu.txt'} ({time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

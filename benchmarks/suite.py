@@ -1,0 +1,126 @@
+"""The CPU benchmark suite, CI-sized: capture overhead, the frame operation and memory, one table.
+
+    python -m neuralflow.benchmarks.suite --json bench.json      # about 2-4 minutes on 2 cores
+    python -m neuralflow.benchmarks.suite --quick                # tiny model, under a minute: a smoke run
+
+Model: a random-weight Mistral with 8 layers x 1024 hidden (models.PRESETS["ci"]), float32,
+sdpa, batch 1, on the CPU. Sections (each recorded as {"error": traceback} if it fails):
+  overhead   overhead.measure_overhead: none / neuralflow / naive / seed, interleaved
+  frame_op   frameop.measure_frame_op at the Mistral-7B shape [32, 4096] (also the compiled
+             CPU variant of render_into, whose ~10 s compile is reported apart)
+  memory     memory.measure_memory over 1,000 generated tokens (300 for the baseline)
+Progress goes to stderr, the table to stdout, everything to --json. See benchmarks/RESULTS.md.
+
+Threads: the suite runs torch on one thread by default (--threads). On a small shared machine
+torch's OpenMP workers spin-wait and collapse when other processes take the cores (measured
+here: 8 tokens at 75-130 ms each on 1 thread, 470-1150 ms on 2, with the load average at 7);
+one thread keeps the numbers stable and leaves a core to the engine's delivery thread and the
+subscriber process, as a GPU host's spare cores would. --threads 0 keeps torch's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from dataclasses import dataclass, replace
+
+import torch
+
+from neuralflow.benchmarks.report import environment, tables, write_json
+
+SECTIONS = ("overhead", "frame_op", "memory")
+
+
+@dataclass
+class SuiteConfig:
+    preset: str = "ci"
+    new_tokens: int = 16
+    reps: int = 20
+    warmup: int = 2
+    prompt_tokens: int = 16
+    frame_shape: tuple = (32, 4096)
+    frame_iters: int = 50
+    frame_rounds: int = 15
+    frame_compiled: bool = True  # also time render_into(fuse=True) on the CPU (compiles ~10 s)
+    memory_tokens: int = 1000
+    memory_baseline_tokens: int = 300
+    memory_chunk: int = 100
+    threads: int = 1  # torch intra-op threads; 0 keeps torch's default (see the module docstring)
+
+
+PRESETS = {
+    "ci": SuiteConfig(),
+    "quick": SuiteConfig(preset="tiny", new_tokens=4, reps=2, warmup=1, prompt_tokens=4,
+                         frame_shape=(4, 128), frame_iters=5, frame_rounds=3, frame_compiled=False,
+                         memory_tokens=10, memory_baseline_tokens=10, memory_chunk=5),
+}
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(config: SuiteConfig, sections=SECTIONS, progress=_log) -> dict:
+    """Run the suite on the CPU and return a JSON-ready dict, one key per section."""
+    from neuralflow.benchmarks.frameop import measure_frame_op
+    from neuralflow.benchmarks.memory import measure_memory
+    from neuralflow.benchmarks.models import PRESETS as MODELS, build, prompt_ids
+    from neuralflow.benchmarks.overhead import measure_overhead
+
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    result = {"environment": environment("cpu"), "config": dict(vars(config))}
+    started = time.monotonic()
+    model = ids = None
+    if {"overhead", "memory"} & set(sections):
+        progress(f"building the {config.preset!r} model {MODELS[config.preset]} ...")
+        model = build(MODELS[config.preset])
+        ids = prompt_ids(model, config.prompt_tokens)
+    jobs = {
+        "overhead": lambda: measure_overhead(model, ids, config.new_tokens, config.reps,
+                                             warmup=config.warmup, progress=progress),
+        "frame_op": lambda: measure_frame_op(config.frame_shape, "cpu", iters=config.frame_iters,
+                                             rounds=config.frame_rounds, compiled=config.frame_compiled,
+                                             progress=progress),
+        "memory": lambda: measure_memory(model, ids, config.memory_tokens, config.memory_chunk,
+                                         baseline_tokens=config.memory_baseline_tokens,
+                                         progress=progress),
+    }
+    for name in sections:
+        progress(f"[{name}] ({time.monotonic() - started:.0f} s elapsed)")
+        try:
+            result[name] = jobs[name]()
+        except Exception:
+            result[name] = {"error": traceback.format_exc()}
+            progress(f"[{name}] failed:\n{result[name]['error']}")
+    result["environment"]["load_average_end"] = environment("cpu")["load_average"]
+    result["seconds"] = time.monotonic() - started
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="neuralflow bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--json", help="write the full results here")
+    parser.add_argument("--quick", action="store_true", help="tiny model, few reps: checks the suite runs")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--reps", type=int, help="interleaved rounds kept (default 20)")
+    parser.add_argument("--new-tokens", type=int, help="tokens per generate call (default 16)")
+    parser.add_argument("--memory-tokens", type=int, help="tokens sampled for memory (default 1000)")
+    parser.add_argument("--threads", type=int, help="torch threads (default 1; 0 = torch's default)")
+    parser.add_argument("--model", dest="preset", choices=["ci", "tiny"],
+                        help="model preset (default ci: 8 x 1024; tiny: 4 x 128, shows the fixed per-token cost)")
+    args = parser.parse_args(argv)
+    overrides = {k: getattr(args, k) for k in ("reps", "new_tokens", "memory_tokens", "threads", "preset")
+                 if getattr(args, k) is not None}
+    config = replace(PRESETS["quick" if args.quick else "ci"], **overrides)
+    result = run(config, args.sections)
+    print(tables(result))
+    if args.json:
+        _log(f"wrote {write_json(result, args.json)}")
+    return 1 if any(isinstance(v, dict) and "error" in v for v in result.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

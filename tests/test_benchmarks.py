@@ -1,0 +1,59 @@
+"""The benchmark suite's logic on a tiny model (structure and correctness, never speed)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from neuralflow.benchmarks import suite
+from neuralflow.benchmarks.baselines import eager_frame, numpy_frame
+from neuralflow.benchmarks.overhead import VARIANTS, measure_overhead
+from neuralflow.engine import render
+
+TINY = suite.SuiteConfig(preset="tiny", new_tokens=2, reps=2, warmup=0, prompt_tokens=4,
+                         frame_shape=(3, 100), frame_iters=2, frame_rounds=2, frame_compiled=False,
+                         memory_tokens=4, memory_baseline_tokens=4, memory_chunk=2, threads=0)
+
+
+@pytest.mark.parametrize("shape,width", [((32, 4096), 512), ((7, 1823), 100), ((1, 5), 512), ((3, 64), 64)])
+def test_baselines_draw_the_same_picture_as_render(shape, width):
+    g = torch.Generator().manual_seed(shape[1])
+    states = torch.randn(shape, generator=g) * torch.rand(shape[0], 1, generator=g) * 4 + 0.3
+    states[0, 0] = 1e4  # an outlier: overflow mark
+    want = render(states, width=width).pixels.numpy()
+    np.testing.assert_array_equal(numpy_frame(states.numpy(), width), want)
+    np.testing.assert_array_equal(eager_frame(states, width).numpy(), want)
+
+
+def test_suite_writes_every_section(tmp_path, monkeypatch):
+    monkeypatch.setitem(suite.PRESETS, "quick", TINY)
+    path = tmp_path / "bench.json"
+    assert suite.main(["--quick", "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert result["environment"]["torch"] == torch.__version__
+    overhead = result["overhead"]
+    assert list(overhead["variants"]) == list(VARIANTS)
+    for name, v in overhead["variants"].items():
+        assert v["per_token_ms"]["n"] == 2 and v["per_token_ms"]["median"] > 0
+        assert v["ratio"]["median"] > 0 and v["ratio"]["p10"] <= v["ratio"]["p90"]
+        assert (v["overhead_pct"] is None) == (name == "none")
+    counts = overhead["variants"]
+    frames = 2 * TINY.new_tokens  # one frame per forward, two reps
+    assert counts["neuralflow"]["counts"]["captured"] == frames
+    assert counts["neuralflow"]["counts"]["errors"] == 0
+    assert counts["naive"]["counts"]["frames"] == counts["seed"]["counts"]["frames"] == frames
+    assert overhead["subscriber"]["received"] > 0
+    frame_op = result["frame_op"]
+    assert set(frame_op["us_per_frame"]) == {"neuralflow", "eager"}
+    assert frame_op["pixels_equal_to_eager"] is True
+    memory = result["memory"]
+    assert len(memory["neuralflow"]["rss_mib"]) == TINY.memory_tokens // TINY.memory_chunk
+    assert isinstance(memory["flat"], bool)
+
+
+def test_overhead_needs_the_baseline():
+    with pytest.raises(ValueError, match="include 'none'"):
+        measure_overhead(None, None, variants=("neuralflow", "seed"))
+    with pytest.raises(ValueError, match="unknown"):
+        measure_overhead(None, None, variants=("none", "bogus"))
