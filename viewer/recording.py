@@ -63,6 +63,7 @@ class RecordingWriter:
         self._file = open(self.path, "ab")
         if self._file.tell() == 0:
             self._file.write(FILE_HEADER.pack(FILE_MAGIC, FILE_VERSION))
+            self._file.flush()  # an empty recording is still a recording
         self.frames = 0
 
     def write(self, frame: Frame) -> None:

@@ -1,0 +1,321 @@
+"""The `neuralflow` command as a user runs it: real subprocesses, real sockets, CPU only.
+
+demo (headless, --quick), generate on a checkpoint saved here with an offline tokenizer, record
+then export/replay, a recording cut mid-write, the attention fallback, and every user mistake
+the CLI promises to answer with one line and exit 2. Run: `python -m pytest tests/test_cli.py`.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neuralflow.viewer.frame import Frame
+from neuralflow.viewer.playback import ReplaySource, open_recording
+from neuralflow.viewer.recording import Recording, RecordingWriter
+from neuralflow.viewer.stream import Publisher, Subscriber
+
+pytestmark = pytest.mark.timeout(240)
+CLI = [sys.executable, "-m", "neuralflow.viewer.cli"]
+
+
+def run(args, *, display=False, timeout=200, **kwargs):
+    env = dict(os.environ)
+    if not display:
+        env.pop("DISPLAY", None)
+        env.pop("WAYLAND_DISPLAY", None)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=timeout, **kwargs)
+
+
+def user_error(result, *words):
+    """Exit 2, one line on stderr starting 'neuralflow', mentioning `words`, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("neuralflow"), result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def free_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def frames(n, start=0, session=5):
+    rng = np.random.default_rng(start)
+    return [Frame(pixels=rng.integers(0, 256, (12, 32), dtype=np.uint8), layers=3, hidden=128, step=k,
+                  seq=k, session=session, token_id=k, time_ns=1_000_000_000 + k * 10_000_000,
+                  meta={"token": f"t{k}"}) for k in range(start, start + n)]
+
+
+def gif_frames(path) -> int:
+    with Image.open(path) as image:
+        return image.n_frames
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny random Mistral and the demo's byte tokenizer, saved as a user's model folder."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from neuralflow.engine.demo import byte_tokenizer
+
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    tokenizer = byte_tokenizer()
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                           pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = MistralForCausalLM(config)
+    model.generation_config.eos_token_id = None  # never stop early: one frame per requested token
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# ---- demo --------------------------------------------------------------------------------------
+
+def test_demo_without_display_writes_pngs_gif_and_recording(tmp_path):
+    out = tmp_path / "demo"
+    started = time.monotonic()
+    result = run(["demo", "--quick", "--out", str(out)])  # no DISPLAY: falls back to headless
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "no display" in result.stderr and "wrote 24 PNGs" in result.stderr
+    assert "Alice was " in result.stdout  # the generated text streamed to the terminal
+    pngs = sorted(out.glob("frame_*.png"))
+    assert len(pngs) == 24
+    for png in pngs:
+        with Image.open(png) as image:
+            assert image.size == (32 * 8, 32 * 8)  # 4 layers x 256 dims at width 32, zoom 8
+    assert gif_frames(out / "demo.gif") == 24
+    recording = Recording(out / "demo.nfrec")
+    assert len(recording) == 24 and not recording.truncated
+    first = recording[0]
+    assert (first.layers, first.hidden, first.width, first.height) == (4, 256, 32, 32)
+    assert [f.step for f in recording] == list(range(24))
+    assert first.meta["token"] == " "  # the prefill's last input token: the prompt "Alice was "
+    print(f"demo --quick: {time.monotonic() - started:.1f} s")
+
+
+# ---- generate ----------------------------------------------------------------------------------
+
+def test_generate_streams_one_frame_per_forward(checkpoint):
+    endpoint, new_tokens = free_endpoint(), 12
+    received, done = [], threading.Event()
+    with Subscriber(endpoint, hwm=0) as sub:
+        def listen():
+            while not done.is_set():
+                frame = sub.recv(timeout=0.05)
+                if frame is not None:
+                    received.append(frame)
+
+        thread = threading.Thread(target=listen)
+        thread.start()
+        try:
+            result = run(["generate", "--model", str(checkpoint), "--prompt", "Alice", "--max-new-tokens",
+                          str(new_tokens), "--publish", endpoint, "--wait-viewer", "30", "--width", "32",
+                          "--attn", "flash_attention_2"])
+            time.sleep(0.5)  # frames still in flight on the socket
+        finally:
+            done.set()
+            thread.join()
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "sdpa, not flash_attention_2" in result.stderr  # no flash-attn on the CPU machine
+    assert result.stdout.startswith("Alice")  # tokens streamed to the terminal
+    assert f"{new_tokens} new tokens" in result.stderr and f"{new_tokens} frames captured" in result.stderr
+    assert [f.step for f in received] == list(range(new_tokens))  # prefill + each new token's forward
+    assert [f.seq for f in received] == list(range(new_tokens))
+    assert len({f.session for f in received}) == 1
+    for frame in received:
+        assert (frame.layers, frame.hidden, frame.width, frame.height) == (3, 64, 32, 6)
+        assert frame.meta["label"] == checkpoint.name
+    assert received[0].meta["token"] == "e" and received[0].position == 4  # last prompt byte
+
+
+def test_pick_attention_falls_back_to_sdpa(monkeypatch):
+    from neuralflow.engine import generate
+
+    monkeypatch.setattr(generate, "flash_attn_available", lambda: False)
+    impl, line = generate.pick_attention("flash_attention_2", "cuda")
+    assert impl == "sdpa" and "flash-attn is not installed" in line
+    assert generate.pick_attention(None, "cuda")[0] == "sdpa"
+    assert generate.pick_attention("eager", "cuda")[0] == "eager"
+    monkeypatch.setattr(generate, "flash_attn_available", lambda: True)
+    assert generate.pick_attention(None, "cuda")[0] == "flash_attention_2"
+    assert generate.pick_attention("flash_attention_2", "cuda:1", "bfloat16")[0] == "flash_attention_2"
+    impl, line = generate.pick_attention("flash_attention_2", "cpu")
+    assert impl == "sdpa" and "CUDA" in line
+    assert generate.pick_attention(None, "cuda", "float32")[0] == "sdpa"
+
+
+# ---- user mistakes -----------------------------------------------------------------------------
+
+def test_missing_model_folder(tmp_path):
+    user_error(run(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"]), "no such model folder")
+    user_error(run(["generate", "--model", "someone/some-model", "--prompt", "x"]), "huggingface-cli download")
+
+
+def test_folder_without_config(tmp_path):
+    user_error(run(["generate", "--model", str(tmp_path), "--prompt", "x"]), "no config.json")
+
+
+def test_folder_that_is_not_a_causal_lm(tmp_path):
+    from transformers import DistilBertConfig
+
+    DistilBertConfig().save_pretrained(tmp_path)
+    user_error(run(["generate", "--model", str(tmp_path), "--prompt", "x", "--no-publish"]),
+               "not a causal language model")
+
+
+def test_busy_port(checkpoint):
+    with Publisher("tcp://127.0.0.1:*") as taken:
+        user_error(run(["generate", "--model", str(checkpoint), "--prompt", "x", "--publish", taken.endpoint]),
+                   taken.endpoint, "--publish")
+        user_error(run(["demo", "--quick", "--publish", taken.endpoint]), taken.endpoint)
+
+
+def test_no_display_for_view():
+    user_error(run(["view"]), "no display", "--headless")
+
+
+@pytest.mark.parametrize("args", [
+    ["generate", "--model", ".", "--prompt", "x", "--max-new-tokens", "many"],
+    ["generate", "--prompt", "x"],
+    ["demo", "--steps", "-3"],
+    ["view", "--palette", "rainbow"],
+    ["generate", "--model", ".", "--prompt", "x", "--dtype", "float8"],
+    ["frobnicate"],
+    [],
+])
+def test_bad_flags(args):
+    user_error(run(args))
+
+
+def test_not_a_recording(tmp_path):
+    bogus = tmp_path / "notes.nfrec"
+    bogus.write_text("hello, not frames\n")
+    user_error(run(["export", str(bogus), "--gif", str(tmp_path / "x.gif")]), "not a neuralflow recording")
+    user_error(run(["view", "--replay", str(bogus)]), "not a neuralflow recording")
+    user_error(run(["view", "--replay", str(tmp_path / "missing.nfrec"), "--headless"]), "no such recording")
+    user_error(run(["record", "--out", str(bogus), "--count", "1"]), "not a neuralflow recording")
+    user_error(run(["export", str(bogus)]), "--gif")
+
+
+def test_cli_imports_without_torch():
+    block = "import sys; sys.modules['torch'] = None; from neuralflow.viewer.cli import main; sys.exit(main(%r))"
+    no_torch = lambda argv: subprocess.run([sys.executable, "-c", block % (argv,)], capture_output=True, text=True,
+                                           timeout=60)
+    user_error(no_torch(["demo", "--quick"]), "needs torch")
+    user_error(no_torch(["generate", "--model", "/nope", "--prompt", "x"]), "no such model folder")
+    assert no_torch(["--help"]).returncode == 0
+
+
+# ---- recordings --------------------------------------------------------------------------------
+
+def test_record_then_export_and_replay(tmp_path):
+    endpoint, path = free_endpoint(), tmp_path / "run.nfrec"
+    sent = frames(400)
+    with Publisher(endpoint, republish_s=None) as pub:
+        recorder = subprocess.Popen([*CLI, "record", "--connect", endpoint, "--out", str(path), "--count", "10"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for frame in sent:  # until the recorder has joined and taken its 10 frames
+            if recorder.poll() is not None:
+                break
+            pub.publish(frame)
+            time.sleep(0.02)
+        _, err = recorder.communicate(timeout=30)
+    assert recorder.returncode == 0, err
+    assert "wrote 10 frames" in err
+    recording = Recording(path)
+    assert len(recording) == 10 and not recording.truncated
+    seqs = [f.seq for f in recording]
+    assert seqs == list(range(seqs[0], seqs[0] + 10))
+    np.testing.assert_array_equal(recording[3].pixels, sent[seqs[3]].pixels)
+
+    result = run(["export", str(path), "--gif", str(tmp_path / "run.gif"), "--png-dir", str(tmp_path / "pngs"),
+                  "--zoom", "2", "--palette", "viridis"])
+    assert result.returncode == 0, result.stderr
+    assert gif_frames(tmp_path / "run.gif") == 10
+    pngs = sorted((tmp_path / "pngs").glob("*.png"))
+    assert len(pngs) == 10 and Image.open(pngs[0]).size == (64, 24)
+
+    result = run(["view", "--replay", str(path), "--headless", "--out", str(tmp_path / "replay")])
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "replay").glob("frame_*.png"))) == 10
+    assert gif_frames(tmp_path / "replay" / "replay.gif") == 10
+
+
+def test_truncated_recording_replays_up_to_the_cut(tmp_path):
+    path = tmp_path / "cut.nfrec"
+    with RecordingWriter(path) as writer:
+        for frame in frames(10):
+            writer.write(frame)
+    with open(path, "r+b") as f:  # a crash mid-write: the last record loses its tail
+        f.truncate(os.path.getsize(path) - 100)
+    result = run(["export", str(path), "--gif", str(tmp_path / "cut.gif")])
+    assert result.returncode == 0, result.stderr
+    assert "cut off after frame 9" in result.stderr
+    assert gif_frames(tmp_path / "cut.gif") == 9
+    result = run(["view", "--replay", str(path), "--headless", "--out", str(tmp_path / "replay")])
+    assert result.returncode == 0 and "cut off" in result.stderr
+    assert len(list((tmp_path / "replay").glob("frame_*.png"))) == 9
+
+    source = ReplaySource(open_recording(path), fps=1000)
+    got = []
+    while source.state == "replay":
+        frame = source.recv(timeout=0.1)
+        if frame is not None:
+            got.append(frame.step)
+    assert got == list(range(9)) and source.recv(timeout=0) is None and source.state == "end"
+
+
+def test_replay_keeps_the_recorded_pace(tmp_path):
+    path = tmp_path / "paced.nfrec"
+    with RecordingWriter(path) as writer:
+        for frame in frames(6):  # recorded 10 ms apart
+            writer.write(frame)
+    source = ReplaySource(open_recording(path))
+    started, times = time.monotonic(), []
+    while len(times) < 6:
+        if source.recv(timeout=0.5) is not None:
+            times.append(time.monotonic() - started)
+    assert 0.04 <= times[-1] < 0.5
+
+
+def test_replay_in_the_window(tmp_path):
+    assert shutil.which("Xvfb"), "the window tests need Xvfb (apt-get install xvfb xdotool)"
+    path = tmp_path / "win.nfrec"
+    with RecordingWriter(path) as writer:
+        for frame in frames(20):
+            writer.write(frame)
+    read, write = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        display = ":" + pipe.readline().strip()
+    try:
+        env = dict(os.environ, DISPLAY=display)
+        viewer = subprocess.Popen([*CLI, "view", "--replay", str(path), "--fps", "50"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            first = viewer.stderr.readline()
+            assert "first frame: 12x32 px, 3 layers x 128 dims" in first, first
+        finally:
+            viewer.terminate()
+            viewer.wait(10)
+    finally:
+        xvfb.terminate()
+        xvfb.wait(10)

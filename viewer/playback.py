@@ -1,0 +1,175 @@
+"""Recording files as the command line uses them: record a stream, replay it, export it (torch-free).
+
+    neuralflow record --connect tcp://127.0.0.1:5555 --out run.nfrec --count 500
+    neuralflow view --replay run.nfrec            (ReplaySource feeds the window)
+    neuralflow export run.nfrec --gif run.gif --png-dir frames/
+
+- `record_to_file(endpoints, path, ...)`: subscribe and append every frame to a recording
+  (viewer/recording.py format) until a count, a duration or Ctrl-C; prints progress.
+- `ReplaySource(recording, fps=...)`: a frame source with the Subscriber's recv/state/stats,
+  handing out a recording's frames in order at the recorded pace (or a fixed fps), so the
+  live window can play it back unchanged.
+- `export(recording, gif=..., png_dir=...)`: the recording's frames as an animation and/or PNGs.
+A recording cut off mid-write replays and exports up to the cut; both say so.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from .recording import Recording, RecordingError, RecordingWriter
+from .record import save_png, write_animation
+
+
+def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int | None = None,
+                   duration: float | None = None, every_s: float | None = None, quiet: bool = False) -> dict:
+    """Append frames from `endpoints` to the recording at `path` (created, or appended to).
+
+    Stops after `count` frames, `duration` seconds, or Ctrl-C. Progress goes to stderr every
+    `every_s` seconds (default: 0.5 on a terminal, rewriting one line; 10 otherwise).
+    Returns {"path", "frames", "stats"}.
+    """
+    from .stream import Subscriber  # here: export and replay need no sockets
+
+    tty = sys.stderr.isatty()
+    every_s = every_s if every_s is not None else (0.5 if tty else 10.0)
+
+    def say(line: str, end="\n") -> None:
+        if not quiet:
+            print(line, end=end, file=sys.stderr, flush=True)
+
+    writer = RecordingWriter(path)  # RecordingError if `path` exists and is not a recording
+    start = last_report = time.monotonic()
+    sub = Subscriber(endpoints, latest_only=False, hwm=0)
+    where = ", ".join([endpoints] if isinstance(endpoints, str) else endpoints)
+    say(f"neuralflow record: waiting for frames on {where}, writing {path} (Ctrl-C stops)")
+    try:
+        while ((count is None or writer.frames < count)
+               and (duration is None or time.monotonic() - start < duration)):
+            try:
+                frame = sub.recv(timeout=0.05)
+            except KeyboardInterrupt:
+                break
+            if frame is not None:
+                writer.write(frame)
+            now = time.monotonic()
+            if now - last_report >= every_s:
+                last_report = now
+                stats = sub.stats
+                line = f"neuralflow record: {writer.frames} frames, {stats['gaps']} dropped upstream, {sub.state}"
+                say("\r" + line if tty else line, end="" if tty else "\n")
+        stats = dict(sub.stats)
+    finally:
+        sub.close()
+        writer.close()
+    if tty:
+        say("")
+    say(f"neuralflow record: wrote {writer.frames} frames to {path} ({stats['gaps']} dropped upstream)")
+    return {"path": Path(path), "frames": writer.frames, "stats": stats}
+
+
+def open_recording(path: str | Path) -> Recording:
+    """The recording at `path`, or RecordingError saying why not (missing, not one, empty)."""
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise RecordingError(f"{path} is empty (a recorder that has not written yet?)")
+    recording = Recording(path)
+    if len(recording) == 0:
+        cut = " (cut off in its first record)" if recording.truncated else ""
+        raise RecordingError(f"{path} holds no whole frame{cut}")
+    return recording
+
+
+class ReplaySource:
+    """Frames of a recording, one per recv(), at the recorded pace (fps=None) or at `fps`.
+
+    Gaps in the recorded capture times are capped at `max_gap_s`. `state` is "replay" while
+    frames remain and "end" after the last (recv then returns None at once); `loop=True`
+    starts over instead. A damaged record ends the replay there.
+    """
+
+    def __init__(self, recording: Recording, *, fps: float | None = None, loop: bool = False,
+                 max_gap_s: float = 1.0):
+        self.recording, self.fps, self.loop, self.max_gap_s = recording, fps, loop, max_gap_s
+        self.index = 0
+        self.stats = {"received": 0, "gaps": 0, "rejected": 0, "skipped": 0}
+        self._pending = None  # the next frame, read but not yet due
+        self._due = self._shown_at = time.monotonic()
+        self._previous_ns: int | None = None
+
+    @property
+    def state(self) -> str:
+        more = self._pending is not None or self.index < len(self.recording)
+        return "replay" if self.loop or more else "end"
+
+    def recv(self, timeout: float | None = None):
+        """The next frame once it is due, else None after at most `timeout` seconds."""
+        if self._pending is None:
+            if self.index >= len(self.recording):
+                if not self.loop or len(self.recording) == 0:
+                    return None
+                self.index, self._previous_ns = 0, None
+            self._pending = self._next_frame()
+            if self._pending is None:
+                return None
+            self._due = self._shown_at + self._gap(self._pending)
+        wait = self._due - time.monotonic()
+        if wait > (timeout or 0.0):
+            time.sleep(timeout or 0.0)
+            return None
+        time.sleep(max(wait, 0.0))
+        frame, self._pending = self._pending, None
+        self._shown_at = max(self._due, time.monotonic() - 0.1)  # keep the pace, don't race to catch up
+        self._previous_ns = frame.time_ns
+        self.stats["received"] += 1
+        return frame
+
+    def _next_frame(self):
+        try:
+            frame = self.recording[self.index]
+        except ValueError:  # a damaged record (checksum): the recording ends here
+            self.recording.offsets = self.recording.offsets[:self.index]
+            self.recording.truncated = True
+            self.stats["rejected"] += 1
+            return None
+        self.index += 1
+        return frame
+
+    def _gap(self, frame) -> float:
+        """Seconds between the previous frame and `frame`: 1/fps, or the recorded gap, capped."""
+        if self.fps:
+            return 1.0 / self.fps
+        if self._previous_ns is None:
+            return 0.0
+        return min(max((frame.time_ns - self._previous_ns) / 1e9, 0.0), self.max_gap_s)
+
+    def close(self) -> None:
+        pass
+
+
+def export(path: str | Path, *, gif: str | Path | None = None, png_dir: str | Path | None = None,
+           palette: str = "seed", fps: float = 15.0, zoom: int = 1, guide: bool = False,
+           caption: bool = True, quiet: bool = False) -> dict:
+    """Write a recording's frames as an animation (GIF, or APNG for .png/.apng) and/or one PNG
+    each (png_dir/frame_NNNNNN.png). Returns {"frames", "gif", "pngs", "truncated"}."""
+    recording = open_recording(path)
+    frames = list(recording)  # stops at a damaged record, marking the recording truncated
+    pngs = []
+    if png_dir is not None:
+        folder = Path(png_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        pngs = [save_png(f, folder / f"frame_{i:06d}.png", palette=palette, guide=guide, zoom=zoom)
+                for i, f in enumerate(frames)]
+    animation = None
+    if gif is not None:
+        animation = write_animation(frames, gif, palette=palette, fps=fps, zoom=zoom, text=caption)
+    if not quiet:
+        wrote = [f"{len(pngs)} PNGs in {png_dir}"] if png_dir is not None else []
+        wrote += [f"the animation {animation}"] if animation else []
+        cut = ""
+        if recording.truncated:
+            cut = f" (the recording is cut off after frame {len(frames)}; exported up to the cut)"
+        print(f"neuralflow export: {len(frames)} frames from {path}: wrote {' and '.join(wrote)}{cut}",
+              file=sys.stderr, flush=True)
+    return {"frames": len(frames), "gif": animation, "pngs": pngs, "truncated": recording.truncated}
