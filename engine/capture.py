@@ -28,10 +28,9 @@ import time
 import weakref
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from neuralflow.engine.layers import decoder_layers, hidden_size, unwrap
+from neuralflow.engine.layers import decoder_layers, hidden_size, layer_output, unwrap
 from neuralflow.engine.render import (check_options, frame_shape, reference_stats,
                                       render_into)
 from neuralflow.viewer.frame import Frame
@@ -236,7 +235,7 @@ class Engine:
         return hook
 
     def _capture_layer(self, i: int, last: bool, output) -> None:
-        hidden = output[0] if isinstance(output, (tuple, list)) else output
+        hidden = layer_output(output)
         self._staging[i].copy_(hidden[self.row, -1].detach(), non_blocking=True)
         if last:
             self._render()

@@ -254,7 +254,7 @@ def contact_sheet(frames, path, *, columns: int = 8, zoom: int = 6, palette: str
     return Path(path)
 
 
-class _QueueSource:
+class QueueSource:
     """A frame source for the window (recv/state/stats), fed from the engine's thread."""
 
     def __init__(self):
@@ -367,7 +367,7 @@ def _generate_in_window(model, tokenizer, cfg, sinks, reference, args, say) -> d
 
     from neuralflow.viewer.window import ViewerWindow
 
-    source = _QueueSource()
+    source = QueueSource()
     result: dict = {}
     hurry = threading.Event()  # set when the window closes: finish without pacing
 

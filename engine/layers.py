@@ -61,3 +61,9 @@ def hidden_size(model: torch.nn.Module) -> int:
         if isinstance(value, int):
             return value
     raise UnsupportedModel(f"{type(config).__name__} has no hidden_size, n_embd or d_model")
+
+
+def layer_output(output) -> torch.Tensor:
+    """The hidden states [batch, seq, hidden] a decoder layer returned: a tensor in
+    transformers 5, the first item of a tuple in 4.x."""
+    return output[0] if isinstance(output, (tuple, list)) else output

@@ -45,8 +45,8 @@ port + N and records to <stem>.rankN<suffix>. Models sharded across ranks (FSDP,
 need ranks="all", since every rank must join each forward.
 
 `export_timeline` writes PNGs with the step drawn on each and a looping 15 fps GIF (plain,
-side by side with step 0, or difference against step 0). `run_train_demo` backs
-`neuralflow demo --train`. Tests: `python -m pytest tests/test_probe.py`.
+side by side with step 0, or difference against step 0). engine/train_demo.py backs
+`neuralflow demo --train` with it. Tests: `python -m pytest tests/test_probe.py`.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuralflow.engine.layers import decoder_layers, hidden_size, unwrap
+from neuralflow.engine.layers import decoder_layers, hidden_size, layer_output, unwrap
 from neuralflow.engine.render import render, seed_stats
 from neuralflow.viewer.frame import OVERFLOW, Frame
 from neuralflow.viewer.wire import new_session_id
@@ -107,8 +107,7 @@ def last_token_states(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.
 
     def hook_for(i):
         def hook(module, args, output):
-            hidden = output[0] if isinstance(output, (tuple, list)) else output
-            states[i] = hidden[0, -1].detach().float()
+            states[i] = layer_output(output)[0, -1].detach().float()
         return hook
 
     handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]
@@ -466,141 +465,3 @@ def export_timeline(frames: list[Frame], out_dir, *, mode: str = "plain", palett
     gif = write_animation(shown, out / f"{name}.gif", palette=palette, fps=fps, loop=0, zoom=zoom,
                           text=caption)
     return {"pngs": pngs, "gif": gif}
-
-
-# ---- neuralflow demo --train -----------------------------------------------------------------
-
-def run_train_demo(args) -> dict:
-    """`neuralflow demo --train`: fine-tune a small random Mistral hard on one paragraph of the
-    bundled Alice text (engine/demo.py's byte tokenizer) and watch it drift.
-
-    Layers 0-3 and the embedding stay frozen, as in a partial fine-tune, so the drift
-    starts at layer 4 and cascades upward; the loss falls from about 4 to about 0.3 by step
-    120 (the paragraph is memorized).
-    Frames go to a viewer window in this process when there is a display (closing it stops
-    training), to `endpoint` when given, and always to OUT/alice_*.png and .gif (plain and
-    difference to step 0). Reads these attributes of `args` when present and not None: quick,
-    steps (120; 12 quick), every (4), lr (1e-3), seed (0), out ("neuralflow-train"),
-    endpoint (none), window (None: when a window can open). Returns {"out", "frames",
-    "drift", "jumps", "seconds"}. Runs on one thread: about 35 s on a busy 2-core machine.
-    """
-    import sys
-
-    from neuralflow.engine import demo
-
-    def opt(name, default):
-        value = getattr(args, name, None)
-        return default if value is None else value
-
-    steps = opt("steps", 12 if opt("quick", False) else 120)
-    every, lr, seed, endpoint = opt("every", 4), opt("lr", 1e-3), opt("seed", 0), opt("endpoint", None)
-    out = Path(opt("out", "neuralflow-train"))
-    window = opt("window", None)
-    window = demo.window_available() if window is None else window
-    say = lambda line: print(f"neuralflow demo --train: {line}", file=sys.stderr, flush=True)
-    started = time.monotonic()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # this model gains little from a second thread, and a busy machine
-    try:                      # makes two threads spin: 16 steps took 92 s instead of 5 s
-        return _train_demo(steps, every, lr, seed, endpoint, out, window, say, started)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_demo(steps, every, lr, seed, endpoint, out, window, say, started) -> dict:
-    import threading
-
-    from transformers import MistralConfig, MistralForCausalLM, Trainer, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    from neuralflow.engine import demo
-
-    torch.manual_seed(seed)
-    tokenizer, layers, frozen = demo.byte_tokenizer(), 12, 4
-    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512,
-                           num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                           pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    model = MistralForCausalLM(config)  # untied: the output head learns, the embedding is frozen
-    for part in [model.model.embed_tokens, *model.model.layers[:frozen]]:
-        part.requires_grad_(False)
-    text = demo.load_text()
-    passage = text[len(text) // 3: len(text) // 3 + 512]  # the whole fine-tuning set
-    ids = torch.tensor(tokenizer(passage)["input_ids"])
-    data = [{"input_ids": ids[k:k + 64], "labels": ids[k:k + 64]} for k in range(0, len(ids) - 64, 32)]
-
-    source = demo._QueueSource() if window else None
-    probe = ProbeCallback({"alice": "Alice was beginning to get very tired of sitting by her sister"},
-                          tokenizer=tokenizer, every=every, width=64, layout="layers",
-                          publish=endpoint, label="demo --train",
-                          on_frame=source.frames.put if source else None)
-    targs = TrainingArguments(output_dir=str(out / "trainer"), max_steps=steps, learning_rate=lr,
-                              per_device_train_batch_size=8, lr_scheduler_type="constant",
-                              weight_decay=0.0, report_to="none", save_strategy="no", logging_steps=every,
-                              disable_tqdm=True, seed=seed, use_cpu=True)
-    trainer = Trainer(model=model, args=targs, train_dataset=data)
-    for noisy in (PrinterCallback, ProgressCallback):
-        trainer.remove_callback(noisy)
-    probe.attach(trainer)
-    stop = threading.Event()
-    trainer.add_callback(_DemoLines(say, stop))
-    say(f"a {layers}-layer Mistral (random init) fine-tuned from layer {frozen} up on "
-        f"{len(passage)} bytes of Alice, lr {lr}, {steps} steps, a probe every {every}")
-    if window:
-        _train_in_window(trainer, source, stop, out, say)
-    else:
-        trainer.train()
-
-    frames = probe.prober.frames["alice"]
-    gifs = [export_timeline(frames, out, mode=mode, name=f"alice_{mode}")["gif"] for mode in ("plain", "diff")]
-    seconds = time.monotonic() - started
-    say(f"{len(frames)} probes in {seconds:.0f} s; wrote PNGs and {gifs[0]}, {gifs[1]}")
-    return {"out": out, "frames": frames, "drift": probe.prober.drift["alice"],
-            "jumps": probe.prober.jumps, "seconds": seconds}
-
-
-def _train_in_window(trainer, source, stop, out, say) -> None:
-    """Tk in this (main) thread, training in a worker; closing the window stops training."""
-    import threading
-    import tkinter
-
-    from neuralflow.viewer.window import ViewerWindow
-
-    failed: list = []
-
-    def work():
-        try:
-            trainer.train()
-        except BaseException as err:  # re-raised in the main thread
-            failed.append(err)
-        finally:
-            source.finished = True
-
-    root = tkinter.Tk()
-    ViewerWindow(root, source, out_dir=out, where="(demo --train)")
-    worker = threading.Thread(target=work, name="neuralflow-train-demo", daemon=True)
-    worker.start()
-    say("the viewer window is open; close it (q) to finish")
-    root.mainloop()
-    stop.set()
-    worker.join()
-    if failed:
-        raise failed[0]
-
-
-class _DemoLines(TrainerCallback):
-    """The demo's console: one line per log (step, loss, mean drift, jump layer); stops
-    training when `stop` is set."""
-
-    def __init__(self, say, stop):
-        self.say, self.stop = say, stop
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.stop.is_set():
-            control.should_training_stop = True
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            line = f"step {state.global_step:4d}  loss {logs['loss']:.3f}"
-            if "drift/alice/mean" in logs:
-                line += f"  drift {logs['drift/alice/mean']:.3f}  jump at layer {logs['drift/alice/jump_layer']}"
-            self.say(line)

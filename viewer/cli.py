@@ -112,13 +112,7 @@ def cmd_demo(args) -> int:
         _publisher(args.publish).close()  # a busy port fails now, not after training
     _need_engine("demo")
     if args.train:
-        try:
-            from neuralflow.engine.probe import run_train_demo
-        except ImportError as err:
-            if getattr(err, "name", None) in ("torch", "transformers"):
-                raise
-            raise UserError("the training demo (neuralflow.engine.probe.run_train_demo) "
-                            "is not in this install") from None
+        from neuralflow.engine.train_demo import run_train_demo
         args.endpoint, args.window = args.publish, (False if args.headless else None)
         run_train_demo(args)
         return 0
