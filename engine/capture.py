@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 import time
 import weakref
@@ -34,6 +33,7 @@ from neuralflow.engine.layers import decoder_layers, hidden_size, layer_output, 
 from neuralflow.engine.render import (check_options, frame_shape, reference_stats,
                                       render_into)
 from neuralflow.viewer.frame import Frame
+from neuralflow.viewer.wire import new_session_id
 
 log = logging.getLogger("neuralflow")
 
@@ -87,7 +87,7 @@ class Engine:
         self.meta = {"model": getattr(config, "_name_or_path", "") or type(unwrap(model)).__name__}
         if label:
             self.meta["label"] = label
-        self.session = random.getrandbits(63)
+        self.session = new_session_id()
         self.sinks = [on_frame] if on_frame else []
         self.publish_endpoint = publish
         self.publisher = None
