@@ -206,9 +206,9 @@ def _static_frames_vs_eager(model, ids, steps: int) -> dict:
 def overhead_static(model, ids, cfg: GpuConfig, deadline: float) -> dict:
     """Static-cache (compiled) generate, none / neuralflow interleaved, with compile diagnostics.
 
-    Note: torch._dynamo skips guards on module hooks by default (skip_nnmodule_hook_guards), so
-    code compiled before an Engine attaches may silently run without its hooks (issue 7);
-    "capture_complete" says whether every timed forward produced a frame."""
+    neuralflow.engine turns on torch._dynamo's guards on module hooks, so attaching and detaching
+    retrace once and then reuse both variants; "capture_complete" says whether every timed
+    forward produced a frame, and the Engine's "stale" count whether any frame repeated."""
     from neuralflow.benchmarks.overhead import measure_overhead
 
     with _CompileWatch() as watch:

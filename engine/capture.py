@@ -27,6 +27,7 @@ import time
 import weakref
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from neuralflow.engine.layers import decoder_layers, hidden_size, layer_output, unwrap
@@ -36,6 +37,11 @@ from neuralflow.viewer.frame import Frame
 from neuralflow.viewer.wire import new_session_id
 
 log = logging.getLogger("neuralflow")
+
+# By default torch.compile does not guard on module hooks, so code compiled before the Engine
+# attached would be reused with the hooks silently skipped (stale frames). With the guards,
+# attaching or detaching makes compiled code retrace once; each variant is then cached.
+torch._dynamo.config.skip_nnmodule_hook_guards = False
 
 
 @dataclass
@@ -91,10 +97,15 @@ class Engine:
         self.sinks = [on_frame] if on_frame else []
         self.publish_endpoint = publish
         self.publisher = None
-        self.stats = {"captured": 0, "delivered": 0, "dropped": 0, "sink_errors": 0}
+        self.stats = {"captured": 0, "delivered": 0, "dropped": 0, "sink_errors": 0, "stale": 0}
         self.error: BaseException | None = None
         self._handles: list = []
         self._thread: threading.Thread | None = None
+        # one object per hook for the Engine's life: code compiled with the hooks guards on
+        # them, so detaching and attaching again reuses it instead of recompiling
+        self._start_hook, self._end_hook = self._on_model_start, self._on_model_end
+        self._layer_hooks = [self._layer_hook(i) for i in range(len(self.layers))]
+        self._allocated = False
 
     # ---- attach / detach -------------------------------------------------------------
     def __enter__(self) -> "Engine":
@@ -105,22 +116,25 @@ class Engine:
         self.detach()
 
     def attach(self) -> None:
-        """Allocate every buffer once, register the hooks, start the delivery thread."""
+        """Allocate the buffers (once), register the hooks, start the delivery thread.
+
+        Attaching and detaching again reuses the buffers and hooks, so code compiled with them
+        (a static-cache decode step, CUDA graphs) is reused too.
+        """
         if self._handles:
             raise RuntimeError("this Engine is already attached")
-        if hasattr(self.model, "_orig_mod") or "_compiled_call" in vars(self.model):
-            # compiled code ignores hooks added after compilation: it would capture nothing
+        if hasattr(self.model, "_orig_mod"):
             raise RuntimeError(
-                "this model was compiled before the Engine was attached, so the compiled code would "
-                "never call the capture hooks: attach the Engine to the uncompiled model first, "
-                "then compile or generate")
-        self._allocate()
+                "this is a torch.compile wrapper: attach the Engine to the uncompiled model first "
+                "(or to wrapper._orig_mod), then call the compiled one")
+        if not self._allocated:
+            self._allocate()
         if self.publish_endpoint:
             from neuralflow.viewer.stream import Publisher
             self.publisher = Publisher(self.publish_endpoint)
             self.sinks.append(self.publisher.publish)
         self._cache_ref = None
-        self._step, self._position, self._seq = 0, 0, 0
+        self._step, self._position = 0, 0
         self._token_src = None
         self._enabled = True
         self._free: queue.SimpleQueue = queue.SimpleQueue()
@@ -129,20 +143,18 @@ class Engine:
         self._filled: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._deliver, name="neuralflow-delivery", daemon=True)
         self._thread.start()
-        top = self.model
         try:
-            self._handles.append(top.register_forward_pre_hook(self._on_model_start, with_kwargs=True))
-            for i, layer in enumerate(self.layers):
-                self._handles.append(layer.register_forward_hook(self._layer_hook(i)))
-            self._handles.append(top.register_forward_hook(self._on_model_end))
+            self._handles.append(self.model.register_forward_pre_hook(self._start_hook, with_kwargs=True))
+            for layer, hook in zip(self.layers, self._layer_hooks):
+                self._handles.append(layer.register_forward_hook(hook))
+            self._handles.append(self.model.register_forward_hook(self._end_hook))
         except BaseException:
             self.detach()
             raise
 
     def detach(self) -> None:
         """Remove every hook, deliver the frames already shipped, stop the thread."""
-        self._enabled = False  # also fails the guard of code compiled with the hooks: it retraces
-        vars(self.model).pop("_compiled_call", None)  # transformers' auto-compiled decode step
+        self._enabled = False
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -172,6 +184,8 @@ class Engine:
             self._ref_lo = torch.zeros(layers, dtype=torch.float32, device=device)
             self._ref_hi = torch.ones(layers, dtype=torch.float32, device=device)
         self._ref_ready = self.reference is not None
+        self._seq = 0
+        self._allocated = True
         for buffer in (self._staging, self._pixels, self._lo, self._hi, self._token,
                        self._ref_lo, self._ref_hi):
             # fixed addresses, so CUDA graphs may write them (like module buffers; see issue 7)
@@ -289,6 +303,7 @@ class Engine:
             except Exception as err:
                 self._consumer_failed("building a frame", err)
                 continue
+            self._check_fresh(frame)
             self.stats["delivered"] += 1
             for sink in list(self.sinks):
                 try:
@@ -310,6 +325,18 @@ class Engine:
                 meta=dict(self.meta))
         finally:
             self._free.put(slot)
+
+    def _check_fresh(self, frame: Frame) -> None:
+        """A decode step whose picture and input token equal the previous step's means the layer
+        hooks did not run (compiled code that skips them): say so once, never silently."""
+        last, self._last_frame = getattr(self, "_last_frame", None), frame
+        if (frame.step > 0 and last is not None and frame.token_id == last.token_id
+                and np.array_equal(frame.pixels, last.pixels)):
+            self.stats["stale"] += 1
+            if self.stats["stale"] == 1:
+                log.error("neuralflow: step %d repeats the previous frame exactly: the layer hooks "
+                          "are not running (model compiled before the Engine attached?); attach "
+                          "the Engine first, then compile", frame.step)
 
     def _consumer_failed(self, what: str, err: Exception) -> None:
         self.stats["sink_errors"] += 1
