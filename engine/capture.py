@@ -204,8 +204,7 @@ class Engine:
         if not self._enabled:
             return
         try:
-            with torch.no_grad():  # capture must never join the autograd graph
-                fn(*args)
+            fn(*args)  # the layer outputs are detached: capture never joins the autograd graph
         except Exception as err:
             if self.strict:
                 raise
@@ -250,7 +249,7 @@ class Engine:
 
     def _capture_layer(self, i: int, last: bool, output) -> None:
         hidden = layer_output(output)
-        self._staging[i].copy_(hidden[self.row, -1].detach(), non_blocking=True)
+        self._staging[i].copy_(hidden[self.row, -1].detach())
         if last:
             self._render()
 
