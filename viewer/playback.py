@@ -89,6 +89,8 @@ class ReplaySource:
     starts over instead. A damaged record ends the replay there.
     """
 
+    replaying = True  # capture times are from the past: the window shows no lag
+
     def __init__(self, recording: Recording, *, fps: float | None = None, loop: bool = False,
                  max_gap_s: float = 1.0):
         self.recording, self.fps, self.loop, self.max_gap_s = recording, fps, loop, max_gap_s

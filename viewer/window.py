@@ -249,7 +249,7 @@ class ViewerWindow:
             self.canvas.coords(self.guide_item, frame.width * self.zoom + GAP, 0)
             self.canvas.itemconfigure(self.waiting_item, text="")
         self._shown_times.append(time.monotonic())
-        if live and frame.time_ns > 0:
+        if live and frame.time_ns > 0 and not getattr(self.source, "replaying", False):
             self._lags.append((time.time_ns() - frame.time_ns) / 1e6)
         self._describe(frame)
         self._hover()
