@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One GPU run of benchmarks/gpu.py on the lent device machine (torch and transformers are there,
+# pyzmq and this package are not, and it has no network). From the repository root, here:
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl pyzmq==27.3.0
+# then run this script through the device tool with carry [".whl"] and a timeout of ~580 s:
+#   bash benchmarks/gpu_run.sh            (extra arguments go to benchmarks/gpu.py)
+# Results land in $OUT (gpu.json, gpu.txt, traces, log.txt).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-out}"
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+# neuralflow without installing it: a namespace folder whose parts point at this checkout
+mkdir -p /tmp/nf/neuralflow
+for part in engine viewer benchmarks; do ln -sfn "$PWD/$part" "/tmp/nf/neuralflow/$part"; done
+export PYTHONPATH="/tmp/nf:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu_card.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+python3 -m neuralflow.benchmarks.gpu --out "$out" --budget-s 480 "$@" 2>&1 | tee "$out/log.txt"
