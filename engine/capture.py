@@ -7,7 +7,7 @@
 
 Per forward pass (DESIGN.md, "Data flow"):
   layer i hook      staging[i] <- output[row, -1]           (device copy, no sync)
-  last layer hook   render_into(staging) -> frame buffers     (one fused op on CUDA)
+  last layer hook   render_into(staging) -> frame buffers     (one compiled function on CUDA)
   model hook        frame -> free pinned slot, non_blocking; record the slot's event
   delivery thread   wait on the event (the only wait), build a Frame, hand it to the sinks
 Everything is allocated once at attach. The hooks never wait for the device; when no slot is
@@ -84,7 +84,7 @@ class Engine:
         if row < 0:
             raise ValueError(f"row must be >= 0, got {row}")
         self.model = model
-        self.path, self.layers = decoder_layers(model)
+        _, self.layers = decoder_layers(model)
         self.hidden = hidden_size(model)
         self.row, self.width, self.layout, self.norm = row, width, layout, norm
         self.reference, self.tokenizer, self.rank, self.strict = reference, tokenizer, rank, strict
@@ -112,8 +112,10 @@ class Engine:
         self.attach()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self.detach()
+        if self.strict and self.error is not None and exc_type is None:
+            raise self.error  # a consumer failed on the delivery thread
 
     def attach(self) -> None:
         """Allocate the buffers (once), register the hooks, start the delivery thread.
@@ -143,11 +145,12 @@ class Engine:
         self._filled: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._deliver, name="neuralflow-delivery", daemon=True)
         self._thread.start()
+        top = unwrap(self.model)  # PEFT's generate runs the inner model, never the wrapper
         try:
-            self._handles.append(self.model.register_forward_pre_hook(self._start_hook, with_kwargs=True))
+            self._handles.append(top.register_forward_pre_hook(self._start_hook, with_kwargs=True))
             for layer, hook in zip(self.layers, self._layer_hooks):
                 self._handles.append(layer.register_forward_hook(hook))
-            self._handles.append(self.model.register_forward_hook(self._end_hook))
+            self._handles.append(top.register_forward_hook(self._end_hook))
         except BaseException:
             self.detach()
             raise
@@ -172,7 +175,6 @@ class Engine:
         device = next(self.layers[-1].parameters()).device
         layers = len(self.layers)
         shape = frame_shape(layers, self.hidden, self.width)
-        self.device = device
         self._staging = torch.zeros(layers, self.hidden, dtype=torch.float32, device=device)
         self._pixels = torch.zeros(shape, dtype=torch.uint8, device=device)
         self._lo = torch.zeros(layers, dtype=torch.float32, device=device)
@@ -197,7 +199,6 @@ class Engine:
 
         self._slots = [_Slot(host(self._pixels), host(self._lo), host(self._hi), host(self._token),
                              torch.cuda.Event() if cuda else None) for _ in range(self.n_slots)]
-        self._stream = torch.cuda.current_stream(device) if cuda else None
 
     # ---- hooks (hot path: no .item(), .cpu(), printing, waiting or allocation) ---------
     def _guarded(self, fn, *args):
@@ -286,7 +287,7 @@ class Engine:
         slot.hi.copy_(self._hi, non_blocking=True)
         slot.token.copy_(self._token, non_blocking=True)
         if slot.event is not None:
-            slot.event.record(self._stream)
+            slot.event.record(torch.cuda.current_stream(self._pixels.device))  # the copies' stream
         self._filled.put(_Shipped(slot, self._step, self._position, seq, time.time_ns()))
 
     # ---- delivery thread (the consumer: the only place that waits) --------------------
@@ -297,11 +298,14 @@ class Engine:
                 return
             try:
                 frame = self._unpack(shipped)
-                if self.tokenizer is not None and frame.token_id >= 0:
-                    frame.meta["token"] = self.tokenizer.decode([frame.token_id])
             except Exception as err:
                 self._consumer_failed("building a frame", err)
                 continue
+            if self.tokenizer is not None and frame.token_id >= 0:
+                try:
+                    frame.meta["token"] = self.tokenizer.decode([frame.token_id])
+                except Exception as err:  # the frame goes out without its token text
+                    self._consumer_failed("decoding a token", err)
             self._check_fresh(frame)
             self.stats["delivered"] += 1
             for sink in list(self.sinks):

@@ -227,18 +227,23 @@ class Prober:
         from neuralflow.viewer.recording import RecordingWriter
         from neuralflow.viewer.stream import Publisher
         shift = self.rank if self.all_ranks else 0
-        if isinstance(publish, str):
-            shared = Publisher(_offset_port(publish, shift))
-            self.publishers = {n: shared for n in self.prompts}
-        elif publish:
-            if len(publish) != len(self.prompts):
-                raise ValueError(f"publish has {len(publish)} endpoints for {len(self.prompts)} prompts")
-            self.publishers = {n: Publisher(_offset_port(e, shift)) for n, e in zip(self.prompts, publish)}
-        if recording:
-            path = Path(recording)
-            if self.all_ranks:
-                path = path.with_name(f"{path.stem}.rank{self.rank}{path.suffix}")
-            self.writer = RecordingWriter(path)
+        if publish and not isinstance(publish, str) and len(publish) != len(self.prompts):
+            raise ValueError(f"publish has {len(publish)} endpoints for {len(self.prompts)} prompts")
+        try:  # one sink failing to open closes those already open: no port stays bound
+            if isinstance(publish, str):
+                shared = Publisher(_offset_port(publish, shift))
+                self.publishers = {n: shared for n in self.prompts}
+            elif publish:
+                for name, endpoint in zip(self.prompts, publish):
+                    self.publishers[name] = Publisher(_offset_port(endpoint, shift))
+            if recording:
+                path = Path(recording)
+                if self.all_ranks:
+                    path = path.with_name(f"{path.stem}.rank{self.rank}{path.suffix}")
+                self.writer = RecordingWriter(path)
+        except BaseException:
+            self.close()
+            raise
 
     def _distinct_publishers(self) -> list:
         return list({id(p): p for p in self.publishers.values()}.values())
@@ -370,6 +375,8 @@ class ProbeCallback(TrainerCallback):
         return self
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if getattr(self, "prober", None) is not None:
+            self.prober.close()  # an earlier train() that raised never reached on_train_end
         self.prober = Prober(model, self.prompts, tokenizer=self.tokenizer or processing_class,
                              rank=args.process_index, world=args.world_size, **self.options)
         self.probed, self._pending = [], None

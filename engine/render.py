@@ -117,7 +117,8 @@ def render_into(states, pixels, lo_out, hi_out, *, width=512, layout="bands", no
                 ref_lo=None, ref_hi=None, fuse=None) -> None:
     """Write the frame of `states` into preallocated `pixels`, `lo_out`, `hi_out` (no sync).
 
-    fuse=None compiles the math into one fused function on CUDA and runs it eagerly elsewhere.
+    fuse=None compiles the math into one function on CUDA (inductor fuses it into a few kernels;
+    how many on a GPU is still to be profiled) and runs it eagerly elsewhere.
     """
     global _fused
     if fuse is None:

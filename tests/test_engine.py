@@ -179,9 +179,11 @@ def hot_path_guard(monkeypatch):
             return original(*args, **kwargs)
         return wrapper
 
-    for name in ("item", "cpu", "tolist", "numpy"):
+    for name in ("item", "cpu", "tolist", "numpy", "__bool__", "__int__", "__float__"):
         monkeypatch.setattr(torch.Tensor, name, guarded(getattr(torch.Tensor, name), name))
     monkeypatch.setattr(torch.cuda, "synchronize", guarded(torch.cuda.synchronize, "synchronize"))
+    monkeypatch.setattr(torch.cuda.Event, "synchronize",
+                        guarded(torch.cuda.Event.synchronize, "Event.synchronize"))
 
 
 def test_hot_path_does_no_host_syncs(hot_path_guard):
@@ -225,12 +227,17 @@ def test_slow_consumer_drops_frames_and_never_blocks():
         started = time.perf_counter()
         greedy(model, ids, 24)
         captured_time = time.perf_counter() - started
+        deadline = time.monotonic() + 10
+        while engine.stats["delivered"] + engine.stats["dropped"] < 24 and time.monotonic() < deadline:
+            time.sleep(0.05)  # let the consumer catch up, then one more forward
+        greedy(model, ids, 1)
     stats = engine.stats
-    assert stats["captured"] == 24
+    assert stats["captured"] == 25
     assert stats["dropped"] > 0
-    assert stats["delivered"] + stats["dropped"] == 24
+    assert stats["delivered"] + stats["dropped"] == 25
     assert len(delivered) == stats["delivered"]
-    assert delivered == sorted(delivered) and delivered[-1] < 24  # gaps visible in seq
+    assert delivered == sorted(delivered) and delivered[-1] == 24
+    assert len(delivered) < 25  # the dropped frames left gaps in seq
     # waiting for the consumer would add at least (24 - 3 slots) x 0.2 s = 4.2 s
     assert captured_time < plain * 1.5 + 1.5
 
@@ -306,3 +313,38 @@ def test_real_weights_path_from_pretrained(tmp_path):
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Engine(tiny("mistral"), **kwargs)
+
+
+def test_strict_engine_raises_consumer_errors_at_exit():
+    model = tiny("mistral")
+
+    def broken(frame):
+        raise KeyError("consumer bug")
+
+    with pytest.raises(KeyError, match="consumer bug"):
+        with Engine(model, width=32, on_frame=broken, strict=True):
+            greedy(model, prompt(), 2)
+
+
+def test_tokenizer_error_keeps_the_frame():
+    class Broken:
+        def decode(self, ids):
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad byte")
+
+    model = tiny("mistral")
+    frames = []
+    with Engine(model, width=32, on_frame=frames.append, tokenizer=Broken()) as engine:
+        greedy(model, prompt(), 2)
+    assert len(frames) == 2 and "token" not in frames[0].meta
+    assert engine.stats["sink_errors"] == 2
+
+
+def test_peft_model_generate_is_captured():
+    import peft  # in the test extra: CI always has it
+    base = tiny("mistral")
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    frames = []
+    with Engine(model, width=32, on_frame=frames.append, strict=True):
+        model.generate(input_ids=prompt(), max_new_tokens=3, min_new_tokens=3, do_sample=False,
+                       pad_token_id=0)
+    assert [f.step for f in frames] == [0, 1, 2]

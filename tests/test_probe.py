@@ -322,3 +322,17 @@ def test_train_demo_runs_headless(tmp_path, capsys):
     assert result["jumps"][0][2] == 4  # layers 0-3 are frozen: the drift starts at layer 4
     assert (tmp_path / "alice_plain.gif").exists() and (tmp_path / "alice_diff_000008.png").exists()
     assert "jump at layer 4" in capsys.readouterr().err
+
+
+def test_a_sink_that_fails_to_open_leaves_no_port_bound(tmp_path):
+    from neuralflow.viewer.recording import RecordingError
+    from neuralflow.viewer.stream import Publisher
+    model = tiny("mistral")
+    probe = Publisher("tcp://127.0.0.1:*")  # find a free port, then free it
+    endpoint = probe.endpoint
+    probe.close()
+    not_a_recording = tmp_path / "notes.txt"
+    not_a_recording.write_text("not a recording")
+    with pytest.raises(RecordingError):
+        Prober(model, [[5, 6, 7]], publish=endpoint, recording=not_a_recording)
+    Publisher(endpoint).close()  # the port is free again

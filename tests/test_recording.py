@@ -81,3 +81,21 @@ def test_not_a_recording(tmp_path):
         RecordingWriter(path)
     with pytest.raises(RecordingError, match="no such recording"):
         Recording(tmp_path / "missing.nfrec")
+
+
+def test_appending_after_a_cut_keeps_everything_readable(tmp_path):
+    path = tmp_path / "run.nfrec"
+    written = frames(8)
+    with RecordingWriter(path) as rec:
+        for f in written[:3]:
+            rec.write(f)
+    path.write_bytes(path.read_bytes()[:-10])  # a crash in the middle of the third record
+    with RecordingWriter(path) as rec:
+        for f in written[3:]:
+            rec.write(f)
+    recording = Recording(path)
+    assert not recording.truncated
+    got = list(recording)
+    assert [f.seq for f in got] == [0, 1, 3, 4, 5, 6, 7]
+    for a, b in zip(got, written[:2] + written[3:]):
+        same(a, b)

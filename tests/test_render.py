@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from neuralflow.engine import render
+from neuralflow.engine.render import frame_shape, render_into
 
-RNG = np.random.default_rng()  # fresh inputs every run; the seed is printed on failure
+SEED = np.random.SeedSequence().entropy  # fresh inputs every run
+RNG = np.random.default_rng(SEED)
+
+
+@pytest.fixture(autouse=True)
+def show_seed():
+    print(f"tests/test_render.py inputs from numpy seed {SEED}")  # shown when a test fails
 
 
 def reference_stats(x, norm):
@@ -164,3 +171,20 @@ def test_bad_options_raise_clear_errors(kwargs, message):
 def test_bad_shape_raises():
     with pytest.raises(ValueError, match="layers, hidden"):
         render(torch.randn(64))
+
+
+@pytest.mark.parametrize("layers,hidden,width,layout,norm", [
+    (7, 1823, 100, "bands", "seed"), (3, 1000, 512, "layers", "layer"),
+])
+def test_compiled_frame_op_equals_eager(layers, hidden, width, layout, norm):
+    """The torch.compile'd function the engine runs on CUDA, here compiled for the CPU."""
+    x = torch.from_numpy(states(layers, hidden))
+    x[1, 5] = float("nan")
+    x[2, 9] = float("inf")
+    want = render(x, width=width, layout=layout, norm=norm)
+    pixels = torch.empty(frame_shape(layers, hidden, width), dtype=torch.uint8)
+    lo, hi = torch.empty(layers), torch.empty(layers)
+    render_into(x, pixels, lo, hi, width=width, layout=layout, norm=norm, fuse=True)
+    assert torch.equal(pixels, want.pixels)
+    torch.testing.assert_close(lo, want.lo, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(hi, want.hi, rtol=1e-5, atol=1e-7)

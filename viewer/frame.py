@@ -1,8 +1,9 @@
 """One captured picture and what a viewer needs to explain it (torch-free).
 
 The engine produces `Frame`s, the wire carries them, the viewer draws them. A frame's
-pixels are the quantized picture: value q in 0..254 means the layer output's magnitude
-|x| fell in [lo + q/255*(hi-lo), lo + (q+1)/255*(hi-lo)) (lo and hi of that pixel's layer);
+pixels are the quantized picture: value q in 1..254 means the layer output's magnitude
+|x| fell in [lo + q/255*(hi-lo), lo + (q+1)/255*(hi-lo)) (lo and hi of that pixel's layer), and
+q = 0 means |x| < lo + (hi-lo)/255 (everything below lo included);
 255 is the overflow mark (|x| >= hi, padding, NaN or inf), drawn black by the seed palette.
 
 Geometry (see DESIGN.md): each layer's `hidden` dims are cut into `chunks` pieces of
@@ -81,7 +82,8 @@ class Frame:
         layer, _ = self.locate(y, x)
         lo, hi = float(self.lo[layer]), float(self.hi[layer])
         step = (hi - lo) / 255.0
-        return lo + q * step, lo + (q + 1) * step
+        # |x| >= 0, and everything below lo quantizes to 0 as well
+        return (0.0 if q == 0 else max(0.0, lo + q * step)), lo + (q + 1) * step
 
     def replace(self, **changes) -> "Frame":
         return dataclasses.replace(self, **changes)

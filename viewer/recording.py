@@ -54,12 +54,16 @@ def _unpack(payload: bytes) -> list[bytes]:
 
 
 class RecordingWriter:
-    """Append frames to `path` (created with a file header if new or empty)."""
+    """Append frames to `path` (created with a file header if new or empty; a cut-off last
+    record, left by a crash, is removed first so that what is appended stays readable)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
-            _check_header(self.path)
+            existing = Recording(self.path)
+            if existing.truncated:  # a cut-off tail would hide everything appended after it
+                end = existing.offsets[-1][0] + existing.offsets[-1][1] if existing.offsets else FILE_HEADER.size
+                os.truncate(self.path, end)
         self._file = open(self.path, "ab")
         if self._file.tell() == 0:
             self._file.write(FILE_HEADER.pack(FILE_MAGIC, FILE_VERSION))

@@ -222,8 +222,12 @@ class Subscriber:
         self._sessions: collections.OrderedDict[int, dict] = collections.OrderedDict()
         self._stats = dict(received=0, gaps=0, rejected=0, repeats=0, skipped=0)
         self.last_error: str | None = None  # why the latest rejected message was rejected
-        for endpoint in [endpoints] if isinstance(endpoints, str) else endpoints:
-            self.connect(endpoint)
+        try:
+            for endpoint in [endpoints] if isinstance(endpoints, str) else endpoints:
+                self.connect(endpoint)
+        except BaseException:
+            self.close()  # no socket or context left behind by a bad endpoint
+            raise
 
     def connect(self, endpoint: str) -> None:
         """Also listen to `endpoint` (connecting never fails for a publisher that is not up yet)."""
