@@ -66,43 +66,19 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-class _Recorder:
-    """Independent hooks: each forward's [layers, hidden] last-token layer outputs, cloned (float32)."""
-
-    def __init__(self, layers):
-        self.layers, self.rows, self.steps, self.handles = layers, [None] * len(layers), [], []
-
-    def __enter__(self):
-        for i, layer in enumerate(self.layers):
-            self.handles.append(layer.register_forward_hook(self._hook(i)))
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
-
-    def _hook(self, i):
-        def hook(module, args, output):
-            hidden = output[0] if isinstance(output, (tuple, list)) else output
-            self.rows[i] = hidden[0, -1].detach().float().clone()
-            if i == len(self.layers) - 1:
-                self.steps.append(torch.stack(self.rows))
-        return hook
-
-
 def correctness(model, ids, steps: int) -> dict:
     """Engine frames vs render() and the numpy baseline on the same, independently recorded states."""
     from neuralflow.benchmarks.baselines import numpy_frame
     from neuralflow.benchmarks.models import greedy_kwargs
     from neuralflow.engine import Engine, render
-    from neuralflow.engine.layers import decoder_layers
+    from neuralflow.engine.layers import last_token_outputs
 
     frames = []
     with Engine(model, on_frame=frames.append, strict=True) as engine:
-        with _Recorder(decoder_layers(model)[1]) as recorder:
+        with last_token_outputs(model) as recorded:  # independent hooks, cloned states
             model.generate(ids, **greedy_kwargs(steps))
     rows = []
-    for frame, states in zip(frames, recorder.steps):
+    for frame, states in zip(frames, recorded):
         want = render(states)
         ours, ref = frame.pixels.astype(np.int16), want.pixels.cpu().numpy().astype(np.int16)
         host = numpy_frame(states.cpu().numpy()).astype(np.int16)
@@ -112,9 +88,9 @@ def correctness(model, ids, steps: int) -> dict:
                      "lo_rel_diff": rel(frame.lo, want.lo.cpu().numpy()),
                      "hi_rel_diff": rel(frame.hi, want.hi.cpu().numpy()),
                      "numpy_baseline_pixels_differing": float(np.mean(host != ref))})
-    ok = (len(frames) == len(recorder.steps) == steps and engine.error is None
+    ok = (len(frames) == len(recorded) == steps and engine.error is None
           and all(r["pixels_differing"] <= 1e-3 and r["lo_rel_diff"] <= 1e-4 for r in rows))
-    return {"ok": bool(ok), "frames": len(frames), "recorded": len(recorder.steps),
+    return {"ok": bool(ok), "frames": len(frames), "recorded": len(recorded),
             "engine_stats": {k: v for k, v in engine.stats.items() if not isinstance(v, dict)},
             "steps": rows, "tolerance": "pixels differing <= 0.1 %, lo/hi relative diff <= 1e-4"}
 

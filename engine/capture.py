@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from neuralflow.engine.layers import decoder_layers, hidden_size, layer_output, unwrap
+from neuralflow.engine.layers import (decoder_layers, hidden_size, layer_output, model_name,
+                                      unwrap)
 from neuralflow.engine.render import (check_options, frame_shape, reference_stats,
                                       render_into)
 from neuralflow.viewer.frame import Frame
@@ -89,8 +90,7 @@ class Engine:
         self.row, self.width, self.layout, self.norm = row, width, layout, norm
         self.reference, self.tokenizer, self.rank, self.strict = reference, tokenizer, rank, strict
         self.n_slots = slots
-        config = getattr(unwrap(model), "config", None)
-        self.meta = {"model": getattr(config, "_name_or_path", "") or type(unwrap(model)).__name__}
+        self.meta = {"model": model_name(model)}
         if label:
             self.meta["label"] = label
         self.session = new_session_id()

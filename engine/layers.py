@@ -8,6 +8,8 @@ multimodal wrappers (model.language_model.layers). PEFT wrappers are unwrapped f
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 LAYER_PATHS = (
@@ -67,3 +69,33 @@ def layer_output(output) -> torch.Tensor:
     """The hidden states [batch, seq, hidden] a decoder layer returned: a tensor in
     transformers 5, the first item of a tuple in 4.x."""
     return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def model_name(model: torch.nn.Module) -> str:
+    """The folder or hub name the model was loaded from, else its class name."""
+    base = unwrap(model)
+    return getattr(getattr(base, "config", None), "_name_or_path", "") or type(base).__name__
+
+
+@contextlib.contextmanager
+def last_token_outputs(model: torch.nn.Module, row: int = 0):
+    """Record, per forward, the [layers, hidden] float32 outputs of every decoder layer at the
+    last token of batch `row` (a list that grows inside the block). Plain hooks that clone:
+    for probes and reference checks, not the engine's allocation-free hot path."""
+    _, layers = decoder_layers(model)
+    rows: list = [None] * len(layers)
+    steps: list = []
+
+    def hook_for(i):
+        def hook(module, args, output):
+            rows[i] = layer_output(output)[row, -1].detach().float().clone()
+            if i == len(layers) - 1:
+                steps.append(torch.stack(rows))
+        return hook
+
+    handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]
+    try:
+        yield steps
+    finally:
+        for handle in handles:
+            handle.remove()

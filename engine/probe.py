@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuralflow.engine.layers import decoder_layers, hidden_size, layer_output, unwrap
+from neuralflow.engine.layers import decoder_layers, hidden_size, last_token_outputs, model_name
 from neuralflow.engine.render import render, seed_stats
 from neuralflow.viewer.frame import OVERFLOW, Frame
 from neuralflow.viewer.wire import new_session_id
@@ -102,21 +102,9 @@ def untouched(model: torch.nn.Module):
 def last_token_states(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """float32 [layers, hidden] on the CPU: each decoder layer's output at the last token of
     input_ids[0], from one forward (call it inside `untouched`)."""
-    _, layers = decoder_layers(model)
-    states: list = [None] * len(layers)
-
-    def hook_for(i):
-        def hook(module, args, output):
-            states[i] = layer_output(output)[0, -1].detach().float()
-        return hook
-
-    handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]
-    try:
+    with last_token_outputs(model) as steps:
         model(input_ids=input_ids, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return torch.stack(states).cpu()  # sync point: once per probe prompt, off the hot path
+    return steps[-1].cpu()  # sync point: once per probe prompt, off the hot path
 
 
 def layer_drift(states: torch.Tensor, start: torch.Tensor) -> np.ndarray:
@@ -194,8 +182,7 @@ class Prober:
         self.on_frame = on_frame
         self.prompts = {name: self._ids(p, tokenizer) for name, p in _named(prompts).items()}
         self.tokenizer = tokenizer
-        config = getattr(unwrap(model), "config", None)
-        self.model_name = getattr(config, "_name_or_path", "") or type(unwrap(model)).__name__
+        self.model_name = model_name(model)
         suffix = f" rank {self.rank}" if self.all_ranks else ""
         self.labels = {n: f"{label} {n}{suffix}".strip() for n in self.prompts}
         self.sessions = {n: new_session_id() for n in self.prompts}

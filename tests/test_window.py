@@ -1,7 +1,7 @@
 """The live window (neuralflow.viewer.window) as a user sees it: a real Tk window under Xvfb.
 
 The test starts its own Xvfb (display number picked by Xvfb itself, -displayfd), runs the
-window (`neuralflow.viewer.window.main`, with torch made unimportable) in a subprocess connected
+window (`neuralflow view`, with torch made unimportable) in a subprocess connected
 to a test Publisher, presses keys with xdotool and reads the screen with Pillow's ImageGrab:
 every check compares the screen pixel for pixel with colorize()/guide_image() of the frames it
 published. Run: `python -m pytest tests/test_window.py`.
@@ -105,7 +105,7 @@ class Window:
         self.log = open(tmp_path / "window.log", "w+")
         started = time.monotonic()
         torch_free = ("import sys; sys.modules['torch'] = None; "  # the window must run with torch unimportable
-                      "from neuralflow.viewer.window import main; sys.exit(main(sys.argv[1:]))")
+                      "from neuralflow.viewer.cli import main; sys.exit(main(['view'] + sys.argv[1:]))")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", torch_free, "--connect", self.pub.endpoint,
              "--connect", f"tcp://127.0.0.1:{junk_port}", "--geometry", "1400x700+0+0", "--out", str(self.out)],

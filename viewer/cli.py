@@ -72,7 +72,7 @@ def _open_window(source, args, where: str) -> None:
     if args.geometry:
         root.geometry(args.geometry)
     ViewerWindow(root, source, palette=args.palette, history=args.history, out_dir=args.out or ".",
-                 record_fps=args.fps or 15.0, where=where)
+                 record_fps=args.fps or 15.0, record_format="apng" if args.apng else "gif", where=where)
     root.mainloop()
 
 
@@ -283,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--palette", **palette)
     p.add_argument("--history", type=_positive(int), default=512, help="frames kept for scrubbing")
     p.add_argument("--geometry", help="window size and place, e.g. 1500x700+0+0")
+    p.add_argument("--apng", action="store_true", help="the window's r key records APNG instead of GIF")
     p.set_defaults(run=cmd_view)
 
     p = commands.add_parser("record", help="subscribe and append frames to a recording file")

@@ -7,13 +7,12 @@
 - `record_headless(endpoints, out_dir, ...)`: subscribe, write every frame as a PNG, then the
   animation; for servers and CI. Returns (and prints) where it wrote them.
 
-Run: `python -m neuralflow.viewer.record tcp://127.0.0.1:5555 --out DIR [--count N] [--duration S]`.
+`neuralflow view --headless --out DIR [--count N] [--duration S]` runs record_headless.
 Note: Pillow merges identical consecutive frames of an animation into one longer frame.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import sys
@@ -141,22 +140,3 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
         where = f" and {animation}" if animation else ""
         print(f"neuralflow: wrote {len(pngs)} PNGs to {out}{where}", file=sys.stderr)
     return {"dir": out, "pngs": pngs, "gif": animation, "frames": len(pngs), "stats": stats}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Record neuralflow frames to PNGs and a GIF, no display needed.")
-    parser.add_argument("endpoints", nargs="+", help="ZeroMQ endpoints, e.g. tcp://127.0.0.1:5555")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--count", type=int, help="stop after this many frames")
-    parser.add_argument("--duration", type=float, help="stop after this many seconds")
-    parser.add_argument("--palette", default="seed")
-    parser.add_argument("--guide", action="store_true", help="PNGs with the layer guide beside them")
-    parser.add_argument("--no-gif", action="store_true")
-    args = parser.parse_args(argv)
-    record_headless(args.endpoints, args.out, count=args.count, duration=args.duration,
-                    palette=args.palette, gif=not args.no_gif, guide=args.guide)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """The live window: newest frame, layer guide, stats and controls, in Tk with Pillow (torch-free).
 
-    python -m neuralflow.viewer.window --connect tcp://127.0.0.1:5555     (or `neuralflow view`)
+    neuralflow view [--connect tcp://127.0.0.1:5555]      (viewer/cli.py builds it)
 
 The picture is the newest frame, scaled up with nearest neighbour at the largest integer zoom
 that fits the window, with the layer guide beside it row for row. The side panel shows the
@@ -9,7 +9,7 @@ capture to screen, dropped frames (seq gaps), rejected messages, and what the mo
 
 Keys (buttons do the same): space pause/resume, Left/Right scrub the last `history` frames,
 "." step one frame, p next palette, s save PNG (full resolution, plain and with guide),
-r start/stop recording (GIF, or APNG with --apng; 15 fps, loops), f pin the shown frame as
+r start/stop recording (GIF, or APNG with `neuralflow view --apng`; 15 fps, loops), f pin the shown frame as
 reference, d difference to the reference (diverging palette) with a per-layer drift bar, q quit.
 
 The Tk loop never blocks: every `poll_ms` an `after` callback takes whatever the subscriber
@@ -19,7 +19,6 @@ the status line (and as one line on stderr) and the window keeps going.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import sys
 import threading
@@ -49,7 +48,7 @@ def _geometry(frame: Frame) -> str:
 class ViewerWindow:
     """The window around a frame source (a Subscriber, or anything with recv/stats/state).
 
-    Build it on a Tk root, then run root.mainloop(); run_window() does both.
+    Build it on a Tk root, then run root.mainloop() (viewer/cli.py does both).
     """
 
     def __init__(self, root: tk.Tk, source, *, palette: str = "seed", history: int = 512,
@@ -474,41 +473,3 @@ class ViewerWindow:
         if self._writer is not None:  # let a recording being written finish
             self._writer.join(timeout=60)
         self.root.destroy()
-
-
-def run_window(endpoints: str | list[str], *, palette: str = "seed", history: int = 512, out_dir: str = ".",
-               record_fps: float = 15.0, record_format: str = "gif", geometry: str | None = None) -> None:
-    """Open the window on a latest-only Subscriber of `endpoints`; returns when it is closed."""
-    from .stream import Subscriber
-
-    root = tk.Tk()
-    if geometry:
-        root.geometry(geometry)
-    source = Subscriber(endpoints, latest_only=True)
-    where = ", ".join([endpoints] if isinstance(endpoints, str) else endpoints)
-    try:
-        ViewerWindow(root, source, palette=palette, history=history, out_dir=out_dir,
-                     record_fps=record_fps, record_format=record_format, where=f"on {where}")
-        root.mainloop()
-    finally:
-        source.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Watch neuralflow frames live.")
-    parser.add_argument("--connect", action="append", help="endpoint(s), default tcp://127.0.0.1:5555")
-    parser.add_argument("--palette", default="seed")
-    parser.add_argument("--history", type=int, default=512, help="frames kept for scrubbing")
-    parser.add_argument("--out", default=".", help="folder for saved PNGs and recordings")
-    parser.add_argument("--fps", type=float, default=15.0, help="recording frame rate")
-    parser.add_argument("--apng", action="store_true", help="record APNG instead of GIF")
-    parser.add_argument("--geometry", help="Tk window geometry, e.g. 1500x700+0+0")
-    args = parser.parse_args(argv)
-    run_window(args.connect or ["tcp://127.0.0.1:5555"], palette=args.palette, history=args.history,
-               out_dir=args.out, record_fps=args.fps, record_format="apng" if args.apng else "gif",
-               geometry=args.geometry)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
