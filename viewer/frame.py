@@ -28,6 +28,13 @@ def chunks_per_layer(hidden: int, width: int) -> int:
     return -(-hidden // width)
 
 
+def row_origin(rows, layers: int, chunks: int, layout: str):
+    """(layer, chunk) shown on pixel row(s) `rows`: ints or numpy arrays (see the docstring)."""
+    if layout == "bands":
+        return rows % layers, rows // layers
+    return rows // chunks, rows % chunks
+
+
 @dataclass
 class Frame:
     pixels: np.ndarray  # uint8 [height, width]
@@ -67,10 +74,7 @@ class Frame:
 
     def locate(self, y: int, x: int) -> tuple[int, int | None]:
         """(layer, dim) shown at pixel row y, column x; dim is None on padding."""
-        if self.layout == "bands":
-            layer, chunk = y % self.layers, y // self.layers
-        else:
-            layer, chunk = divmod(y, self.chunks)
+        layer, chunk = row_origin(y, self.layers, self.chunks, self.layout)
         dim = chunk * self.width + x
         return layer, (dim if dim < self.hidden else None)
 

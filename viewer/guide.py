@@ -16,7 +16,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .frame import Frame, chunks_per_layer
+from .frame import Frame, chunks_per_layer, row_origin
 
 BACKGROUND = (24, 24, 28)
 BOXES = ((46, 52, 64), (59, 66, 82))
@@ -50,8 +50,7 @@ def guide_image(layers: int, hidden: int, width: int, layout: str = "bands", zoo
     draw = ImageDraw.Draw(image)
     draw.fontmode = "1"  # crisp, no anti-aliasing: exact colours at any zoom, small GIF palettes
 
-    rows = np.arange(height)
-    layer_of_row = rows % layers if layout == "bands" else rows // chunks
+    layer_of_row, _ = row_origin(np.arange(height), layers, chunks, layout)
     shade = (40 + 200 * layer_of_row / max(layers - 1, 1)).astype(np.uint8)
     stripe = np.repeat(np.repeat(shade[:, None], zoom, axis=0), STRIPE, axis=1)
     image.paste(Image.fromarray(np.stack([stripe] * 3, axis=-1), "RGB"), (0, 0))

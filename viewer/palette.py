@@ -26,7 +26,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from .frame import OVERFLOW, Frame, chunks_per_layer
+from .frame import OVERFLOW, Frame, chunks_per_layer, row_origin
 
 # Anchors at evenly spaced points 0, 1/(n-1), ..., 1 of each ramp.
 _VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e",
@@ -153,11 +153,7 @@ def same_geometry(a: Frame, b: Frame) -> bool:
 @functools.lru_cache(maxsize=8)
 def _rows(height: int, width: int, layers: int, hidden: int, layout: str):
     """Per geometry, cached: layer of each row, mask of real (non-padding) pixels, pixels per layer."""
-    rows = np.arange(height)
-    if layout == "bands":
-        layer, chunk = rows % layers, rows // layers
-    else:
-        layer, chunk = rows // chunks_per_layer(hidden, width), rows % chunks_per_layer(hidden, width)
+    layer, chunk = row_origin(np.arange(height), layers, chunks_per_layer(hidden, width), layout)
     real = chunk[:, None] * width + np.arange(width)[None, :] < hidden
     counts = np.bincount(layer, weights=real.sum(axis=1), minlength=layers)
     for array in (layer, real, counts):
