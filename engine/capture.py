@@ -138,6 +138,7 @@ class Engine:
         self._cache_ref = None
         self._step, self._position = 0, 0
         self._token_src = None
+        self._last_frame = None  # the delivery thread's previous frame, for _check_fresh
         self._enabled = True
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for slot in self._slots:
@@ -332,7 +333,7 @@ class Engine:
     def _check_fresh(self, frame: Frame) -> None:
         """A decode step whose picture and input token equal the previous step's means the layer
         hooks did not run (compiled code that skips them): say so once, never silently."""
-        last, self._last_frame = getattr(self, "_last_frame", None), frame
+        last, self._last_frame = self._last_frame, frame
         if (frame.step > 0 and last is not None and frame.token_id == last.token_id
                 and np.array_equal(frame.pixels, last.pixels)):
             self.stats["stale"] += 1
