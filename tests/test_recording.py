@@ -17,6 +17,12 @@ def frames(n, layers=4, hidden=100, width=32):
             for i in range(n)]
 
 
+def append(path, frames_to_write):
+    with RecordingWriter(path) as rec:
+        for f in frames_to_write:
+            rec.write(f)
+
+
 def same(a, b):
     np.testing.assert_array_equal(a.pixels, b.pixels)
     np.testing.assert_array_equal(a.lo, b.lo)
@@ -26,12 +32,8 @@ def same(a, b):
 def test_write_then_replay_and_seek(tmp_path):
     path = tmp_path / "run.nfrec"
     written = frames(20)
-    with RecordingWriter(path) as rec:
-        for f in written[:12]:
-            rec.write(f)
-    with RecordingWriter(path) as rec:  # appending to an existing recording
-        for f in written[12:]:
-            rec.write(f)
+    append(path, written[:12])
+    append(path, written[12:])  # appending to an existing recording
     recording = Recording(path)
     assert len(recording) == 20 and not recording.truncated
     for a, b in zip(recording, written):
@@ -43,9 +45,7 @@ def test_write_then_replay_and_seek(tmp_path):
 def test_cut_anywhere_replays_up_to_the_cut(tmp_path):
     path = tmp_path / "run.nfrec"
     written = frames(5)
-    with RecordingWriter(path) as rec:
-        for f in written:
-            rec.write(f)
+    append(path, written)
     data = path.read_bytes()
     record = (len(data) - 10) // 5  # the file header is 10 bytes, records are the same size
     for cut in [10, 11, 10 + record - 1, 10 + record, 10 + 2 * record + 7, len(data) - 1]:
@@ -62,9 +62,7 @@ def test_cut_anywhere_replays_up_to_the_cut(tmp_path):
 
 def test_damaged_record_stops_replay_there(tmp_path):
     path = tmp_path / "run.nfrec"
-    with RecordingWriter(path) as rec:
-        for f in frames(3):
-            rec.write(f)
+    append(path, frames(3))
     data = bytearray(path.read_bytes())
     data[-50] ^= 0xFF  # flip bits inside the last record's pixels
     path.write_bytes(bytes(data))
@@ -86,13 +84,9 @@ def test_not_a_recording(tmp_path):
 def test_appending_after_a_cut_keeps_everything_readable(tmp_path):
     path = tmp_path / "run.nfrec"
     written = frames(8)
-    with RecordingWriter(path) as rec:
-        for f in written[:3]:
-            rec.write(f)
+    append(path, written[:3])
     path.write_bytes(path.read_bytes()[:-10])  # a crash in the middle of the third record
-    with RecordingWriter(path) as rec:
-        for f in written[3:]:
-            rec.write(f)
+    append(path, written[3:])
     recording = Recording(path)
     assert not recording.truncated
     got = list(recording)
