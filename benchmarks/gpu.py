@@ -7,7 +7,8 @@
 Sections, in this order (each in try/except: a failure is recorded and the next one runs; the
 JSON and the table are rewritten after every section, so a run cut short keeps what it got):
   correctness      Engine frames against `render` of the same states recorded independently
-                   by a second set of hooks during the same generate (a few steps);
+                   by a second set of hooks during the same generate (a few steps), and the
+                   host syncs engine code makes on the generating thread (must be none);
   frame_op         the [32, 4096] frame op, ours (compiled) against eager torch, device time
                    from CUDA events; plus a torch.profiler listing of what one call launches;
   overhead:eager   eager generate, 128 new tokens, none / neuralflow / naive / seed interleaved;
@@ -27,8 +28,10 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -76,7 +79,7 @@ def correctness(model, ids, steps: int) -> dict:
     frames = []
     with Engine(model, on_frame=frames.append, strict=True) as engine:
         with last_token_outputs(model) as recorded:  # independent hooks, cloned states
-            model.generate(ids, **greedy_kwargs(steps))
+            syncs = engine_syncs(lambda: model.generate(ids, **greedy_kwargs(steps)))
     rows = []
     for frame, states in zip(frames, recorded):
         want = render(states)
@@ -90,9 +93,43 @@ def correctness(model, ids, steps: int) -> dict:
                      "numpy_baseline_pixels_differing": float(np.mean(host != ref))})
     ok = (len(frames) == len(recorded) == steps and engine.error is None
           and all(r["pixels_differing"] <= 1e-3 and r["lo_rel_diff"] <= 1e-4 for r in rows))
-    return {"ok": bool(ok), "frames": len(frames), "recorded": len(recorded),
+    return {"ok": bool(ok), "frames": len(frames), "recorded": len(recorded), "syncs": syncs,
             "engine_stats": {k: v for k, v in engine.stats.items() if not isinstance(v, dict)},
             "steps": rows, "tolerance": "pixels differing <= 0.1 %, lo/hi relative diff <= 1e-4"}
+
+
+def engine_syncs(run) -> dict:
+    """Run run() under torch.cuda.set_sync_debug_mode("warn") and count the host syncs that
+    neuralflow.engine code made on this (the generating) thread: the hooks must make none.
+    The CPU tests' hot-path guard cannot see device syncs; this is its GPU counterpart."""
+    if not torch.cuda.is_available():
+        run()
+        return {"checked": False}
+    generating, counts = threading.get_ident(), {"all": 0, "engine": 0}
+    where: list[str] = []
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if threading.get_ident() != generating or "synchroniz" not in str(message):
+            return
+        counts["all"] += 1
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_globals.get("__name__", "").startswith("neuralflow.engine"):
+                counts["engine"] += 1
+                where.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+                break
+            frame = frame.f_back
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return {"checked": True, "syncs_on_generating_thread": counts["all"],
+            "syncs_in_engine_code": counts["engine"], "engine_sync_sites": sorted(set(where))[:10]}
 
 
 def frame_op(device: str, cfg: GpuConfig, out_dir: Path, shape) -> dict:
@@ -215,6 +252,11 @@ def _summary(result: dict) -> str:
         worst = max((r["pixels_differing"] for r in c["steps"]), default=0.0)
         lines.append(f"correctness: ok={c['ok']} frames={c['frames']} recorded={c['recorded']} "
                      f"worst pixels differing={worst:.2e} ({c['tolerance']})")
+        syncs = c.get("syncs", {})
+        if syncs.get("checked"):
+            lines.append(f"  host syncs during generate: {syncs['syncs_on_generating_thread']} on the "
+                         f"generating thread, {syncs['syncs_in_engine_code']} of them in engine code "
+                         f"{syncs['engine_sync_sites']}")
     f = result.get("frame_op", {})
     if "launched_per_call" in f:
         lines.append(f"frame op launches per call: {f['launched_per_call']}; profiled device us: "

@@ -57,3 +57,41 @@ def test_overhead_needs_the_baseline():
         measure_overhead(None, None, variants=("neuralflow", "seed"))
     with pytest.raises(ValueError, match="unknown"):
         measure_overhead(None, None, variants=("none", "bogus"))
+
+
+def test_gpu_script_dry_run_fills_every_section(tmp_path):
+    """The GPU script runs on a device lent for minutes: its whole logic is checked here first,
+    on the CPU with a tiny model, so that run is spent measuring, not debugging."""
+    import subprocess
+    import sys
+    from neuralflow.benchmarks.gpu import SECTIONS
+    subprocess.run([sys.executable, "-m", "neuralflow.benchmarks.gpu", "--device", "cpu", "--quick",
+                    "--small", "--dtype", "float32", "--out", str(tmp_path)], check=True, timeout=300,
+                   capture_output=True)
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    for name in SECTIONS:
+        assert "error" not in result[name] and "skipped" not in result[name], (name, result[name])
+    assert result["correctness"]["ok"] and result["correctness"]["frames"] == 3
+    static = result["overhead:static"]
+    assert static["capture_complete"] and static["frames_vs_eager"]["max_pixels_differing"] == 0.0
+    assert result["memory"]["neuralflow"]["tokens"][-1] == 12  # (too few to judge flatness)
+    assert "correctness: ok=True" in (tmp_path / "gpu.txt").read_text()
+
+
+def test_gpu_sync_check_finds_syncs_made_by_engine_code(monkeypatch):
+    """engine_syncs (the GPU run's hot-path check) counts only syncs reached through engine code."""
+    import warnings
+    from neuralflow.benchmarks import gpu
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda mode: None)
+    engine_code = {"__name__": "neuralflow.engine.fake", "warnings": warnings}
+    exec("def hook():\n    warnings.warn('called a synchronizing CUDA operation')", engine_code)
+
+    def generate():
+        warnings.warn("called a synchronizing CUDA operation")  # the model's own sync: allowed
+        engine_code["hook"]()
+        warnings.warn("something else")
+
+    syncs = gpu.engine_syncs(generate)
+    assert syncs["syncs_on_generating_thread"] == 2 and syncs["syncs_in_engine_code"] == 1
+    assert syncs["engine_sync_sites"][0].endswith(" hook")
