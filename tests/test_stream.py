@@ -147,7 +147,8 @@ def test_idle_republish_reaches_subscriber_that_missed_the_frame():
     # The newest frame is refused while a subscriber's queue is full; once the subscriber drains
     # it, the background resend delivers that frame without any new publish.
     session = wire.new_session_id()
-    with Publisher("tcp://127.0.0.1:*", hwm=1, republish_s=0.2) as pub, Subscriber(pub.endpoint, hwm=1) as sub:
+    with Publisher("tcp://127.0.0.1:*", hwm=1, republish_s=0.2, nodrop=True) as pub, \
+            Subscriber(pub.endpoint, hwm=1) as sub:
         wait_joined(pub)
         rng = np.random.default_rng(4)
         seq = 0
@@ -256,7 +257,7 @@ def test_paused_subscriber_never_blocks_publisher():
     pool = [mistral_frame(rng, session, 0) for _ in range(8)]
     frames = lambda start, n: (pool[i % 8].replace(seq=start + i) for i in range(n))  # noqa: E731
     process = psutil.Process()
-    with Publisher("tcp://127.0.0.1:*") as pub:
+    with Publisher("tcp://127.0.0.1:*", nodrop=True) as pub:  # refused sends are counted
         baseline = publish_timed(pub, frames(0, 1500))  # nobody listening
         child = start_child(pub.endpoint, -1)
         try:
@@ -292,6 +293,29 @@ def test_paused_subscriber_never_blocks_publisher():
             assert time.monotonic() - start < 1.0
         finally:
             kill(child)
+
+
+def test_paused_subscriber_costs_the_others_no_frames():
+    """Default (per-subscriber) dropping: a stalled viewer must not make a recorder lose frames."""
+    rng = np.random.default_rng(8)
+    session = wire.new_session_id()
+    pool = [mistral_frame(rng, session, 0) for _ in range(8)]
+    count = 400
+    with Publisher("tcp://127.0.0.1:*") as pub:
+        stalled = start_child(pub.endpoint, -1)
+        live = start_child(pub.endpoint, count)
+        try:
+            wait_joined(pub, stalled, count=2)
+            os.kill(stalled.pid, signal.SIGSTOP)
+            for seq in range(count):  # 400 x 128 KiB: far more than the stalled one's buffers hold
+                pub.publish(pool[seq % 8].replace(seq=seq))
+                time.sleep(0.002)  # a fast generation rate that the live subscriber keeps up with
+            got = json.loads(live.communicate(timeout=40)[0])
+        finally:
+            kill(stalled)
+            kill(live)
+    assert [seq for seq, _ in got["frames"]] == list(range(count))
+    assert got["stats"]["gaps"] == 0 and pub.stats["socket_drops"] == 0
 
 
 def test_killed_subscriber_never_blocks_publisher():

@@ -8,10 +8,12 @@
 
 Publisher: an XPUB socket (PUB plus subscription messages) with a small send high-water mark.
 `publish` encodes, then sends with NOBLOCK under a lock and returns: it never waits for a
-subscriber. With `nodrop=True` (default) a subscriber whose buffers are full (paused, slow)
-makes the send fail; the frame is dropped for every subscriber and counted in
-stats["socket_drops"]. With `nodrop=False` ZeroMQ drops per subscriber, silently (those drops
-only show as gaps on the subscriber's side). A background thread resends the newest frame
+subscriber. By default ZeroMQ drops per subscriber: one whose buffers are full (paused, or a
+viewer behind a thin SSH tunnel) misses frames and sees the gaps in their seq numbers, while
+every other subscriber (a recorder, say) still gets every frame. With `nodrop=True` a full
+subscriber makes the send fail instead: the frame is dropped for every subscriber and counted
+in stats["socket_drops"] (for benchmarks that must account for each frame on the engine's
+side). A background thread resends the newest frame
 when a subscriber joins and every `republish_s` while idle, so a late joiner sees a picture
 within about a second; resends keep their seq, and subscribers ignore repeats. Both threads
 use the socket only while holding the lock (ZeroMQ sockets are not thread-safe).
@@ -55,12 +57,12 @@ class Publisher:
     republish_s  resend the newest frame after this long without a new one, and when a
                  subscriber joins; None disables resending.
     linger_s     how long close() may spend flushing queued frames.
-    nodrop       see the module docstring: count socket drops (True) or let ZeroMQ drop
-                 silently per subscriber (False).
+    nodrop       see the module docstring: let ZeroMQ drop per subscriber, seen only as that
+                 subscriber's gaps (False), or drop for all and count it here (True).
     """
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, hwm: int = 16, republish_s: float | None = 0.5,
-                 linger_s: float = 0.15, nodrop: bool = True, context: zmq.Context | None = None):
+                 linger_s: float = 0.15, nodrop: bool = False, context: zmq.Context | None = None):
         self._republish_s = republish_s
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
@@ -158,7 +160,7 @@ class Publisher:
             # copy=True: one memcpy into ZeroMQ beats zero-copy's per-message bookkeeping at 128 KiB
             self._socket.send_multipart(parts, zmq.NOBLOCK, copy=True)
             return True
-        except zmq.Again:  # a subscriber's queue is full (nodrop=True)
+        except zmq.Again:  # a subscriber's queue is full (only with nodrop=True)
             return False
 
     def _read_subscriptions(self) -> None:
