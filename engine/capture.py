@@ -191,7 +191,10 @@ class Engine:
         self._allocated = True
         for buffer in (self._staging, self._pixels, self._lo, self._hi, self._token,
                        self._ref_lo, self._ref_hi):
-            # fixed addresses, so CUDA graphs may write them (like module buffers; see issue 7)
+            # fixed addresses, so CUDA graphs may write them (like module buffers; see issue 7).
+            # Dynamo also counts tensors reached through a module's hooks as static; a tensor a
+            # hook writes that is not static (a global, say) makes inductor skip CUDA graphs.
+            # tests/test_compile.py checks that the compiled decode step writes no such input.
             torch._dynamo.mark_static_address(buffer)
         cuda = device.type == "cuda"
 

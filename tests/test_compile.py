@@ -93,3 +93,51 @@ def test_stale_frames_from_skipped_hooks_are_reported(monkeypatch, caplog):
         greedy(model, ids, 4)
     assert engine.stats["stale"] == 3
     assert "layer hooks are not running" in caplog.text
+
+
+def mutated_inputs_cuda_graphs_would_copy(model, ids, capture):
+    """Compile the static-cache decode step, inside the context manager `capture`, with a spy
+    backend that, like inductor's CUDA-graph check, lists the graph inputs that the graph writes
+    but that are not static (fixed-address) inputs: inductor skips CUDA graphs when there are
+    any ("mutated inputs"). One list of their shapes per compiled graph."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+    found = []
+
+    def forward_compiler(gm, example_inputs):
+        meta = torch._guards.TracingContext.get().fw_metadata
+        static = set(meta.static_input_indices)
+        found.append([tuple(example_inputs[i].shape) for i, info in enumerate(meta.input_info)
+                      if info.mutates_data and i not in static])
+        return make_boxed_func(gm.forward)
+
+    config = CompileConfig(backend=aot_autograd(fw_compiler=forward_compiler))
+    config._compile_all_devices = True
+    torch._dynamo.reset()
+    with capture:
+        greedy(model, ids, 3, cache_implementation="static", compile_config=config)
+    torch._dynamo.reset()
+    return found
+
+
+PLAIN = torch.zeros(64)  # the control's plain tensor, written by a hook
+
+
+@pytest.mark.parametrize("control", [False, True])
+def test_compiled_decode_step_writes_only_static_inputs(control):
+    """The precondition for keeping CUDA graphs (issue 7), checked on the CPU: every buffer the
+    hooks write inside the compiled decode step is a static input, like the KV cache. The
+    control is issue 7's failing case, a hook that writes a plain (global) tensor: the check
+    must find that tensor."""
+    model = tiny("mistral", num_hidden_layers=2)
+    ids = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(4))
+    frames = []
+
+    def write_plain(module, args, output):
+        PLAIN.copy_(output[0, -1])
+
+    capture = (model.model.layers[0].register_forward_hook(write_plain) if control  # removed on exit
+               else Engine(model, width=32, on_frame=frames.append, strict=True))
+    found = mutated_inputs_cuda_graphs_would_copy(model, ids, capture)
+    assert found and len(frames) == (0 if control else 3)
+    assert all(shapes == ([(64,)] if control else []) for shapes in found), found
