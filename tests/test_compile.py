@@ -141,3 +141,25 @@ def test_compiled_decode_step_writes_only_static_inputs(control):
     found = mutated_inputs_cuda_graphs_would_copy(model, ids, capture)
     assert found and len(frames) == (0 if control else 3)
     assert all(shapes == ([(64,)] if control else []) for shapes in found), found
+
+
+def test_compiled_frame_math_nests_in_a_fullgraph_decode_step(monkeypatch):
+    """On CUDA the hook calls the torch.compile'd frame math from inside transformers' compiled
+    decode step: it must inline there without a graph break (fullgraph) and draw eager's frames."""
+    import functools
+    import neuralflow.engine.capture as capture
+    monkeypatch.setattr(capture, "render_into", functools.partial(capture.render_into, fuse=True))
+    model = tiny("mistral", num_hidden_layers=2)
+    ids = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(5))
+    eager = []
+    with Engine(model, width=32, on_frame=eager.append, strict=True):
+        greedy(model, ids, 4)
+    config = CompileConfig(fullgraph=True)
+    config._compile_all_devices = True
+    frames = []
+    breaks = sum(counters["graph_break"].values())
+    with Engine(model, width=32, on_frame=frames.append, strict=True):
+        greedy(model, ids, 4, cache_implementation="static", compile_config=config)
+    assert sum(counters["graph_break"].values()) == breaks and len(frames) == 4
+    for mine, theirs in zip(frames, eager):
+        np.testing.assert_array_equal(mine.pixels, theirs.pixels)
