@@ -44,9 +44,9 @@ rank, frames carry Frame.rank and "rank N" in the label, rank N publishes on the
 port + N and records to <stem>.rankN<suffix>. Models sharded across ranks (FSDP, ZeRO-3)
 need ranks="all", since every rank must join each forward.
 
-`export_timeline` writes PNGs with the step drawn on each and a looping 15 fps GIF (plain,
-side by side with step 0, or difference against step 0). engine/train_demo.py backs
-`neuralflow demo --train` with it. Tests: `python -m pytest tests/test_probe.py`.
+`export=DIR` writes each prompt's frames with neuralflow.viewer.record.export_timeline (PNGs
+with the step drawn on each, a looping 15 fps GIF). engine/train_demo.py backs
+`neuralflow demo --train`. Tests: `python -m pytest tests/test_probe.py`.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ import torch
 
 from neuralflow.engine.layers import decoder_layers, hidden_size, last_token_outputs, model_name
 from neuralflow.engine.render import render, seed_stats
-from neuralflow.viewer.frame import OVERFLOW, Frame
+from neuralflow.viewer.frame import Frame
+from neuralflow.viewer.record import EXPORT_MODES, export_timeline
 from neuralflow.viewer.wire import new_session_id
 
 try:
@@ -411,51 +412,3 @@ class ProbeCallback(TrainerCallback):
             log.error("neuralflow: exporting the probe timeline failed: %r", err)
         finally:
             self.prober.close()
-
-
-# ---- exporting a timeline (torch-free) -------------------------------------------------------
-
-EXPORT_MODES = ("plain", "side", "diff")
-
-
-def export_timeline(frames: list[Frame], out_dir, *, mode: str = "plain", palette: str = "seed",
-                    fps: float = 15.0, zoom: int | None = None, name: str = "timeline") -> dict:
-    """Write one prompt's frames (step order) as out_dir/<name>_<step>.png, each with its step
-    drawn under it, and out_dir/<name>.gif (looping, `fps`). mode "plain": the pictures;
-    "side": step 0 left, step N right; "diff": difference to step 0 in the "diverging"
-    palette (white unchanged, red up, blue down). zoom=None scales narrow pictures up to at
-    least 256 px so the caption fits. Returns {"pngs": [...], "gif": path}."""
-    from neuralflow.viewer.palette import difference
-    from neuralflow.viewer.record import animation_frames, write_animation
-
-    if not frames:
-        raise ValueError("no frames to export")
-    first = frames[0]
-    if mode == "plain":
-        shown = list(frames)
-    elif mode == "side":
-        gap = np.full((first.height, 4), OVERFLOW, np.uint8)
-        shown = [f.replace(pixels=np.concatenate([first.pixels, gap, f.pixels], axis=1)) for f in frames]
-    elif mode == "diff":
-        shown = [f.replace(pixels=difference(f, first)[0]) for f in frames]
-        palette = "diverging"
-    else:
-        raise ValueError(f"mode must be one of {EXPORT_MODES}, got {mode!r}")
-
-    template = {"plain": "step {}", "side": f"step {first.step} | step {{}}",
-                "diff": f"step {{}} - step {first.step}"}[mode]
-
-    def caption(frame: Frame) -> str:
-        return f"{template.format(frame.step)}  {frame.meta.get('label', '')}".strip()
-
-    if zoom is None:
-        zoom = max(1, -(-256 // shown[0].width))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pngs = []
-    for frame, image in zip(frames, animation_frames(shown, palette=palette, zoom=zoom, text=caption)):
-        pngs.append(out / f"{name}_{frame.step:06d}.png")
-        image.save(pngs[-1])
-    gif = write_animation(shown, out / f"{name}.gif", palette=palette, fps=fps, loop=0, zoom=zoom,
-                          text=caption)
-    return {"pngs": pngs, "gif": gif}

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from neuralflow.engine.probe import ProbeCallback, TrainerCallback, export_timeline
+from neuralflow.engine.probe import ProbeCallback, TrainerCallback
+from neuralflow.viewer.record import export_timeline
 
 
 def run_train_demo(args) -> dict:

@@ -13,9 +13,10 @@ from PIL import Image
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from neuralflow.engine import render
-from neuralflow.engine.probe import (ProbeCallback, Prober, export_timeline, first_jump,
-                                     last_token_states, layer_drift, untouched)
+from neuralflow.engine.probe import (ProbeCallback, Prober, first_jump, last_token_states,
+                                     layer_drift, untouched)
 from neuralflow.engine.train_demo import run_train_demo
+from neuralflow.viewer.record import export_timeline
 from neuralflow.viewer.recording import Recording
 from neuralflow.viewer.stream import Subscriber
 from tiny_models import VOCAB, tiny

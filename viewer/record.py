@@ -6,6 +6,8 @@
   mode with the palette's own table, so colours are exact (no GIF quantization).
 - `record_headless(endpoints, out_dir, ...)`: subscribe, write every frame as a PNG, then the
   animation; for servers and CI. Returns (and prints) where it wrote them.
+- `export_timeline(frames, out_dir, mode=...)`: one training probe's frames over steps as
+  captioned PNGs and a GIF: the pictures, side by side with step 0, or the difference to it.
 
 `neuralflow view --headless --out DIR [--count N] [--duration S]` runs record_headless.
 Note: Pillow merges identical consecutive frames of an animation into one longer frame.
@@ -23,9 +25,9 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .frame import Frame
+from .frame import OVERFLOW, Frame
 from .guide import _font, with_guide
-from .palette import colorize, indexed, lut
+from .palette import colorize, difference, indexed, lut
 
 CAPTION = 14  # px of caption strip under each picture
 
@@ -140,3 +142,46 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
         where = f" and {animation}" if animation else ""
         print(f"neuralflow: wrote {len(pngs)} PNGs to {out}{where}", file=sys.stderr)
     return {"dir": out, "pngs": pngs, "gif": animation, "frames": len(pngs), "stats": stats}
+
+
+EXPORT_MODES = ("plain", "side", "diff")
+
+
+def export_timeline(frames: list[Frame], out_dir, *, mode: str = "plain", palette: str = "seed",
+                    fps: float = 15.0, zoom: int | None = None, name: str = "timeline") -> dict:
+    """Write one prompt's frames (step order) as out_dir/<name>_<step>.png, each with its step
+    drawn under it, and out_dir/<name>.gif (looping, `fps`). mode "plain": the pictures;
+    "side": step 0 left, step N right; "diff": difference to step 0 in the "diverging"
+    palette (white unchanged, red up, blue down). zoom=None scales narrow pictures up to at
+    least 256 px so the caption fits. Returns {"pngs": [...], "gif": path}."""
+    if not frames:
+        raise ValueError("no frames to export")
+    first = frames[0]
+    if mode == "plain":
+        shown = list(frames)
+    elif mode == "side":
+        gap = np.full((first.height, 4), OVERFLOW, np.uint8)
+        shown = [f.replace(pixels=np.concatenate([first.pixels, gap, f.pixels], axis=1)) for f in frames]
+    elif mode == "diff":
+        shown = [f.replace(pixels=difference(f, first)[0]) for f in frames]
+        palette = "diverging"
+    else:
+        raise ValueError(f"mode must be one of {EXPORT_MODES}, got {mode!r}")
+
+    template = {"plain": "step {}", "side": f"step {first.step} | step {{}}",
+                "diff": f"step {{}} - step {first.step}"}[mode]
+
+    def caption(frame: Frame) -> str:
+        return f"{template.format(frame.step)}  {frame.meta.get('label', '')}".strip()
+
+    if zoom is None:
+        zoom = max(1, -(-256 // shown[0].width))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = []
+    for frame, image in zip(frames, animation_frames(shown, palette=palette, zoom=zoom, text=caption)):
+        pngs.append(out / f"{name}_{frame.step:06d}.png")
+        image.save(pngs[-1])
+    gif = write_animation(shown, out / f"{name}.gif", palette=palette, fps=fps, loop=0, zoom=zoom,
+                          text=caption)
+    return {"pngs": pngs, "gif": gif}
