@@ -1,9 +1,11 @@
 """Find the decoder layers of a Hugging Face causal LM (unmodified) and its hidden size.
 
-Families covered by the paths below: Mistral, Llama, Qwen2/3, Gemma/Gemma2/Gemma3 text,
-Phi-3 (model.layers), GPT-2 and GPT-J (transformer.h), GPT-NeoX/Pythia (gpt_neox.layers),
-OPT (model.decoder.layers), Falcon/Bloom-style (transformer.h), MPT (transformer.blocks),
-multimodal wrappers (model.language_model.layers). PEFT wrappers are unwrapped first.
+Families covered by the paths below, each tested on a tiny model (tests/test_engine.py, frames
+checked against transformers' own hidden states): Mistral, Mixtral, Llama, Qwen2, Qwen2-MoE,
+Qwen3, Gemma, Gemma2, Gemma3 text, Phi, Phi-3, OLMo2, Starcoder2 (model.layers), GPT-2, GPT-J,
+Falcon, Bloom (transformer.h), GPT-NeoX/Pythia (gpt_neox.layers), OPT (model.decoder.layers),
+MPT (transformer.blocks); multimodal wrappers (model.language_model.layers) untested. PEFT
+wrappers are unwrapped first.
 """
 
 from __future__ import annotations

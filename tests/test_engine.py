@@ -73,13 +73,22 @@ def test_second_generate_starts_again_at_step_zero():
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))
 def test_every_family(family):
+    """Each family's frames show its layer outputs. A fixed reference scale makes each layer's
+    rows depend on that layer alone, so layers 0..L-2 are checked against transformers' own
+    output_hidden_states (its last entry is after the final norm, so the last layer is not)."""
     model = tiny(family)
     frames = []
-    with Engine(model, width=16, layout="layers", on_frame=frames.append, strict=True) as engine:
-        greedy(model, prompt(), 3)
-    assert len(frames) == 3
+    with Engine(model, width=16, layout="layers", norm="reference", reference=(0.0, 0.5),
+                on_frame=frames.append, strict=True) as engine:
+        out = greedy(model, prompt(), 3, output_hidden_states=True, return_dict_in_generate=True)
+    assert len(frames) == 3 and engine.error is None
     assert frames[0].pixels.shape == (3 * 4, 16)  # 3 layers x ceil(64 / 16) rows
-    assert engine.error is None
+    for frame, hidden in zip(frames, out.hidden_states):
+        assert len(hidden) == 4  # the embeddings, then one entry per layer
+        states = torch.stack([h[0, -1] for h in hidden[1:3]]).float()
+        want = render(states, width=16, layout="layers", norm="reference", reference=(0.0, 0.5))
+        np.testing.assert_array_equal(frame.pixels[:2 * 4], want.pixels.numpy())
+        assert len(np.unique(want.pixels.numpy())) > 10  # a picture, not one saturated colour
 
 
 def test_unsupported_model_names_class_and_paths():
