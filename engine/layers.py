@@ -4,8 +4,8 @@ Families covered by the paths below, each tested on a tiny model (tests/test_eng
 checked against transformers' own hidden states): Mistral, Mixtral, Llama, Qwen2, Qwen2-MoE,
 Qwen3, Gemma, Gemma2, Gemma3 text, Phi, Phi-3, OLMo2, Starcoder2 (model.layers), GPT-2, GPT-J,
 Falcon, Bloom (transformer.h), GPT-NeoX/Pythia (gpt_neox.layers), OPT (model.decoder.layers),
-MPT (transformer.blocks); multimodal wrappers (model.language_model.layers) untested. PEFT
-wrappers are unwrapped first.
+MPT (transformer.blocks), and multimodal wrappers such as LLaVA fed text
+(model.language_model.layers). PEFT wrappers are unwrapped first.
 """
 
 from __future__ import annotations

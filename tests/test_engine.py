@@ -13,7 +13,8 @@ from tiny_models import CONFIGS, VOCAB, greedy, tiny
 
 
 def prompt(batch=1, length=5, seed=1):
-    return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+    """Random ids, never the special ids 0..2 nor VOCAB - 1 (the llava model's image token)."""
+    return torch.randint(3, VOCAB - 1, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 def independent_states(model, ids, new_tokens, row):

@@ -44,7 +44,13 @@ CONFIGS = {
     "gptj": lambda: tf.GPTJConfig(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, rotary_dim=8,
                                   n_positions=128, bos_token_id=1, eos_token_id=2),
     "mpt": lambda: tf.MptConfig(vocab_size=VOCAB, d_model=64, n_layers=3, n_heads=4, max_seq_len=128),
+    # a multimodal wrapper (its decoder at model.language_model), fed text only
+    "llava": lambda: tf.LlavaConfig(
+        text_config=tf.MistralConfig(**_common()), image_token_index=VOCAB - 1,
+        vision_config=tf.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, image_size=28, patch_size=14)),
 }
+IMAGE_TEXT = {"llava"}  # built with AutoModelForImageTextToText
 
 
 def tiny(family: str = "mistral", seed: int = 0, **overrides) -> torch.nn.Module:
@@ -52,7 +58,8 @@ def tiny(family: str = "mistral", seed: int = 0, **overrides) -> torch.nn.Module
     config = CONFIGS[family]()
     for key, value in overrides.items():
         setattr(config, key, value)
-    return tf.AutoModelForCausalLM.from_config(config).eval()
+    auto = tf.AutoModelForImageTextToText if family in IMAGE_TEXT else tf.AutoModelForCausalLM
+    return auto.from_config(config).eval()
 
 
 def greedy(model, prompt, new_tokens, **kwargs):
