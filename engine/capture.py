@@ -203,6 +203,21 @@ class Engine:
 
         self._slots = [_Slot(host(self._pixels), host(self._lo), host(self._hi), host(self._token),
                              torch.cuda.Event() if cuda else None) for _ in range(self.n_slots)]
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run the frame math once per variant the hooks will use, on the zero staging buffer, so
+        that compiling it (CUDA: a few seconds, once per shape and process) happens here at
+        attach, not inside the first forward pass of the generation being watched."""
+        started = time.perf_counter()
+        first = self.norm if self._ref_ready or self.norm != "reference" else "seed"
+        for norm in dict.fromkeys((first, self.norm)):
+            render_into(self._staging, self._pixels, self._lo, self._hi, width=self.width,
+                        layout=self.layout, norm=norm, ref_lo=self._ref_lo, ref_hi=self._ref_hi)
+        if self._staging.is_cuda:
+            torch.cuda.synchronize(self._staging.device)  # sync point: at attach, not per token
+        log.info("neuralflow: frame math ready for [%d, %d] on %s in %.2f s", len(self.layers),
+                 self.hidden, self._staging.device, time.perf_counter() - started)
 
     # ---- hooks (hot path: no .item(), .cpu(), printing, waiting or allocation) ---------
     def _guarded(self, fn, *args):

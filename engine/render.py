@@ -128,7 +128,8 @@ def render_into(states, pixels, lo_out, hi_out, *, width=512, layout="bands", no
         if _fused is None:
             _fused = torch.compile(_frame_math, dynamic=False, fullgraph=True)
         fn = _fused
-    fn(states, ref_lo, ref_hi, pixels, lo_out, hi_out, width, layout, norm)
+    with torch.no_grad():  # whatever the caller's grad mode: one compiled variant, not two
+        fn(states, ref_lo, ref_hi, pixels, lo_out, hi_out, width, layout, norm)
 
 
 def reference_stats(reference, layers: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -163,3 +163,25 @@ def test_compiled_frame_math_nests_in_a_fullgraph_decode_step(monkeypatch):
     assert sum(counters["graph_break"].values()) == breaks and len(frames) == 4
     for mine, theirs in zip(frames, eager):
         np.testing.assert_array_equal(mine.pixels, theirs.pixels)
+
+
+def test_frame_math_compiles_at_attach_not_during_generation(monkeypatch):
+    """With the compiled frame math (the CUDA path), attaching compiles it, so the first watched
+    forward does not stall; the "reference" norm's two variants (its first frame renders as
+    "seed") are both ready."""
+    import functools
+    import neuralflow.engine.capture as capture
+    monkeypatch.setattr(capture, "render_into", functools.partial(capture.render_into, fuse=True))
+    model = tiny("mistral", num_hidden_layers=2, hidden_size=96)  # a shape no other test compiled
+    ids = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(6))
+    frames = []
+    engine = Engine(model, width=32, norm="reference", on_frame=frames.append, strict=True)
+    before = counters["stats"]["unique_graphs"]
+    engine.attach()
+    try:
+        attached = counters["stats"]["unique_graphs"]
+        greedy(model, ids, 3)
+    finally:
+        engine.detach()
+    assert attached == before + 2  # "seed" and "reference"
+    assert counters["stats"]["unique_graphs"] == attached and len(frames) == 3
