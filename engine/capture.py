@@ -32,8 +32,8 @@ import torch
 
 from neuralflow.engine.layers import (decoder_layers, hidden_size, layer_output, model_name,
                                       unwrap)
-from neuralflow.engine.render import (check_options, frame_shape, reference_stats,
-                                      render_into)
+from neuralflow.engine.render import (check_options, frame_shape, fused_by_default,
+                                      reference_stats, render_into)
 from neuralflow.viewer.frame import Frame
 from neuralflow.viewer.wire import new_session_id
 
@@ -208,16 +208,31 @@ class Engine:
     def _warm_up(self) -> None:
         """Run the frame math once per variant the hooks will use, on the zero staging buffer, so
         that compiling it (CUDA: a few seconds, once per shape and process) happens here at
-        attach, not inside the first forward pass of the generation being watched."""
+        attach, not inside the first forward pass of the generation being watched. If it will
+        not compile (no working triton, say), the same math runs as eager ops, with a warning."""
         started = time.perf_counter()
         first = self.norm if self._ref_ready or self.norm != "reference" else "seed"
-        for norm in dict.fromkeys((first, self.norm)):
-            render_into(self._staging, self._pixels, self._lo, self._hi, width=self.width,
-                        layout=self.layout, norm=norm, ref_lo=self._ref_lo, ref_hi=self._ref_hi)
+        self._fuse = fused_by_default(self._staging.device)
+        try:
+            for norm in dict.fromkeys((first, self.norm)):
+                self._render_math(norm)
+        except Exception as err:
+            if not self._fuse:
+                raise
+            log.warning("neuralflow: compiling the frame math failed, running it as eager torch "
+                        "ops instead (same picture, more kernel launches): %r", err)
+            self._fuse = False
+            for norm in dict.fromkeys((first, self.norm)):
+                self._render_math(norm)
         if self._staging.is_cuda:
             torch.cuda.synchronize(self._staging.device)  # sync point: at attach, not per token
         log.info("neuralflow: frame math ready for [%d, %d] on %s in %.2f s", len(self.layers),
                  self.hidden, self._staging.device, time.perf_counter() - started)
+
+    def _render_math(self, norm: str) -> None:
+        render_into(self._staging, self._pixels, self._lo, self._hi, width=self.width,
+                    layout=self.layout, norm=norm, ref_lo=self._ref_lo, ref_hi=self._ref_hi,
+                    fuse=self._fuse)
 
     # ---- hooks (hot path: no .item(), .cpu(), printing, waiting or allocation) ---------
     def _guarded(self, fn, *args):
@@ -277,8 +292,7 @@ class Engine:
         norm = self.norm
         if norm == "reference" and not self._ref_ready:
             norm = "seed"  # the first frame renders as seed and becomes the reference
-        render_into(self._staging, self._pixels, self._lo, self._hi, width=self.width,
-                    layout=self.layout, norm=norm, ref_lo=self._ref_lo, ref_hi=self._ref_hi)
+        self._render_math(norm)
         if norm != self.norm:
             self._ref_lo.copy_(self._lo)
             self._ref_hi.copy_(self._hi)

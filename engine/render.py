@@ -113,6 +113,12 @@ def _frame_math(states, ref_lo, ref_hi, pixels, lo_out, hi_out, width: int, layo
 _fused = None
 
 
+def fused_by_default(device: torch.device) -> bool:
+    """Whether render_into(fuse=None) compiles the math on `device`: on CUDA only, where one
+    compiled function replaces dozens of kernel launches."""
+    return device.type == "cuda"
+
+
 def render_into(states, pixels, lo_out, hi_out, *, width=512, layout="bands", norm="seed",
                 ref_lo=None, ref_hi=None, fuse=None) -> None:
     """Write the frame of `states` into preallocated `pixels`, `lo_out`, `hi_out` (no sync).
@@ -122,7 +128,7 @@ def render_into(states, pixels, lo_out, hi_out, *, width=512, layout="bands", no
     """
     global _fused
     if fuse is None:
-        fuse = states.is_cuda
+        fuse = fused_by_default(states.device)
     fn = _frame_math
     if fuse:
         if _fused is None:

@@ -146,9 +146,8 @@ def test_compiled_decode_step_writes_only_static_inputs(control):
 def test_compiled_frame_math_nests_in_a_fullgraph_decode_step(monkeypatch):
     """On CUDA the hook calls the torch.compile'd frame math from inside transformers' compiled
     decode step: it must inline there without a graph break (fullgraph) and draw eager's frames."""
-    import functools
     import neuralflow.engine.capture as capture
-    monkeypatch.setattr(capture, "render_into", functools.partial(capture.render_into, fuse=True))
+    monkeypatch.setattr(capture, "fused_by_default", lambda device: True)  # the CUDA path
     model = tiny("mistral", num_hidden_layers=2)
     ids = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(5))
     eager = []
@@ -169,9 +168,8 @@ def test_frame_math_compiles_at_attach_not_during_generation(monkeypatch):
     """With the compiled frame math (the CUDA path), attaching compiles it, so the first watched
     forward does not stall; the "reference" norm's two variants (its first frame renders as
     "seed") are both ready."""
-    import functools
     import neuralflow.engine.capture as capture
-    monkeypatch.setattr(capture, "render_into", functools.partial(capture.render_into, fuse=True))
+    monkeypatch.setattr(capture, "fused_by_default", lambda device: True)  # the CUDA path
     model = tiny("mistral", num_hidden_layers=2, hidden_size=96)  # a shape no other test compiled
     ids = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(6))
     frames = []
@@ -185,3 +183,29 @@ def test_frame_math_compiles_at_attach_not_during_generation(monkeypatch):
         engine.detach()
     assert attached == before + 2  # "seed" and "reference"
     assert counters["stats"]["unique_graphs"] == attached and len(frames) == 3
+
+
+def test_frame_math_that_will_not_compile_runs_eagerly(monkeypatch, caplog):
+    """No working compiler (no triton on a GPU box, say): attach warns and the hooks run the
+    same math as eager ops; capture goes on and the frames are the same."""
+    import importlib
+    import neuralflow.engine.capture as capture
+    render_module = importlib.import_module("neuralflow.engine.render")  # (the package's `render` is the function)
+    model = tiny("mistral", num_hidden_layers=2)
+    ids = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(7))
+    eager = []
+    with Engine(model, width=32, on_frame=eager.append, strict=True):
+        greedy(model, ids, 3)
+
+    def broken(*args):
+        raise RuntimeError("inductor: no working C++ compiler")
+
+    monkeypatch.setattr(capture, "fused_by_default", lambda device: True)
+    monkeypatch.setattr(render_module, "_fused", broken)
+    frames = []
+    with Engine(model, width=32, on_frame=frames.append, strict=True) as engine:
+        greedy(model, ids, 3)
+    assert "compiling the frame math failed" in caplog.text and engine.error is None
+    assert len(frames) == 3
+    for mine, theirs in zip(frames, eager):
+        np.testing.assert_array_equal(mine.pixels, theirs.pixels)
