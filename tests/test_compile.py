@@ -209,3 +209,25 @@ def test_frame_math_that_will_not_compile_runs_eagerly(monkeypatch, caplog):
     assert len(frames) == 3
     for mine, theirs in zip(frames, eager):
         np.testing.assert_array_equal(mine.pixels, theirs.pixels)
+
+
+def test_a_new_engine_reuses_the_compiled_step_and_writes_its_own_buffers():
+    """The benchmarks attach a fresh Engine per run: the decode step compiled with an earlier
+    Engine's hooks is reused (no recompiling), and it fills the new Engine's buffers, not the
+    old one's (which would deliver stale or empty frames)."""
+    model = tiny("mistral", num_hidden_layers=2)
+    ids = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(8))
+    eager = []
+    with Engine(model, width=32, on_frame=eager.append, strict=True):
+        greedy(model, ids, 4)
+    runs = []
+    for _ in range(2):
+        frames = []
+        with Engine(model, width=32, on_frame=frames.append, strict=True) as engine:
+            static_generate(model, ids, 4)
+        runs.append((frames, counters["stats"]["unique_graphs"], engine))
+    (_, graphs, first), (frames, graphs_after, second) = runs
+    assert graphs_after == graphs and second._staging.data_ptr() != first._staging.data_ptr()
+    assert len(frames) == 4 and second.stats["stale"] == 0
+    for mine, theirs in zip(frames, eager):
+        np.testing.assert_array_equal(mine.pixels, theirs.pixels)
