@@ -315,11 +315,14 @@ class Engine:
         except queue.Empty:
             self.stats["dropped"] += 1  # the consumer is behind: drop, never wait
             return
-        slot.pixels.copy_(self._pixels, non_blocking=True)
-        slot.lo.copy_(self._lo, non_blocking=True)
-        slot.hi.copy_(self._hi, non_blocking=True)
-        slot.token.copy_(self._token, non_blocking=True)
-        if slot.event is not None:
+        # CUDA: queued copies that the event tracks. Elsewhere nothing would say when a queued
+        # copy is done (MPS, say), so the copies are plain ones (on the CPU they are anyway).
+        queued = slot.event is not None
+        slot.pixels.copy_(self._pixels, non_blocking=queued)
+        slot.lo.copy_(self._lo, non_blocking=queued)
+        slot.hi.copy_(self._hi, non_blocking=queued)
+        slot.token.copy_(self._token, non_blocking=queued)
+        if queued:
             slot.event.record(torch.cuda.current_stream(self._pixels.device))  # the copies' stream
         self._filled.put(_Shipped(slot, self._step, self._position, seq, time.time_ns()))
 

@@ -358,3 +358,22 @@ def test_peft_model_generate_is_captured():
         model.generate(input_ids=prompt(), max_new_tokens=3, min_new_tokens=3, do_sample=False,
                        pad_token_id=0)
     assert [f.step for f in frames] == [0, 1, 2]
+
+
+def test_copies_to_the_host_are_queued_only_where_an_event_tracks_them(monkeypatch):
+    """Without CUDA events (CPU, MPS, ...) nothing would tell the delivery thread that a queued
+    copy had landed, so the engine makes plain copies there."""
+    flags = []
+    original = torch.Tensor.copy_
+
+    def spy(self, src, non_blocking=False):
+        if sys._getframe(1).f_code.co_name == "_ship":
+            flags.append(non_blocking)
+        return original(self, src, non_blocking)
+
+    monkeypatch.setattr(torch.Tensor, "copy_", spy)
+    model = tiny("mistral")
+    with Engine(model, width=32, strict=True) as engine:
+        greedy(model, prompt(), 2)
+    assert engine.stats["delivered"] == 2
+    assert flags == [False] * 8  # pixels, lo, hi, token per frame
