@@ -15,6 +15,12 @@ Variants, each one full generate of `new_tokens` greedy tokens (EOS ignored):
               return_dict_in_generate=True), then each step's [layers, hidden] last-token
               states to the host and rendered with numpy after generation (note: transformers
               puts the final norm's output in the last entry, which the script used as is).
+Where the engine's own cost goes (BREAKDOWN, the suite's "overhead:breakdown" section): the
+Engine with its later stages switched off, no publisher:
+  nf:hooks    the hooks and their layer copies only;
+  nf:render   plus the frame math;
+  nf:deliver  plus shipping to the pinned ring and the delivery thread (frames to a no-op sink);
+and then "neuralflow", which adds the publisher and a subscriber process.
 Hooks, engines and the subscriber connection are set up and torn down outside the timed region.
 One Engine serves all of a call's neuralflow runs, attached for each run, as a user attaches one
 Engine for a session: code compiled with its hooks, and CUDA graphs recorded on its buffers, are
@@ -39,6 +45,7 @@ interference from other processes only ever adds time.
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 from contextlib import nullcontext
@@ -73,7 +80,7 @@ class _Setup:
     generate_kwargs: dict
     endpoint: str = ""
     device: torch.device = field(default=None)
-    engine: Engine | None = None  # one for all neuralflow runs, attached for each
+    engines: dict = field(default_factory=dict)  # variant -> its one Engine, attached per run
     starts: list = field(default_factory=list)  # perf_counter at each forward's start
     generated: float = 0.0  # perf_counter when generate returned
 
@@ -116,11 +123,34 @@ def _counts(engine: Engine) -> dict:
     return {k: v for k, v in engine.stats.items() if not isinstance(v, dict)}
 
 
-def _run_neuralflow(s: _Setup) -> tuple[_Timing, dict]:
-    if s.engine is None:
-        sink = None if s.endpoint else (lambda frame: None)  # no pyzmq: frames end at a no-op sink
-        s.engine = Engine(s.model, publish=s.endpoint or None, on_frame=sink, width=s.width)
-    engine = s.engine
+class _PartialEngine(Engine):
+    """The Engine with the stages after `upto` switched off ("hooks", "render" or "deliver")."""
+
+    def __init__(self, model, upto: str, **kwargs):
+        super().__init__(model, on_frame=lambda frame: None, **kwargs)
+        self.upto = upto
+
+    def _render(self) -> None:
+        if self.upto != "hooks":
+            super()._render()
+
+    def _ship(self) -> None:
+        if self.upto == "deliver":
+            super()._ship()
+
+
+def _engine(s: _Setup, variant: str) -> Engine:
+    if variant not in s.engines:
+        if variant == "neuralflow":
+            sink = None if s.endpoint else (lambda frame: None)  # no pyzmq: frames end at a no-op sink
+            s.engines[variant] = Engine(s.model, publish=s.endpoint or None, on_frame=sink, width=s.width)
+        else:
+            s.engines[variant] = _PartialEngine(s.model, variant.split(":")[1], width=s.width)
+    return s.engines[variant]
+
+
+def _run_engine(s: _Setup, variant: str) -> tuple[_Timing, dict]:
+    engine = _engine(s, variant)
     before = _counts(engine)
     with engine:
         wait = getattr(engine.publisher, "wait_for_subscribers", None)
@@ -184,7 +214,9 @@ def _run_seed(s: _Setup) -> tuple[_Timing, dict]:
     return s.timed(generate_then_render), {"frames": len(frames)}
 
 
-RUNNERS = {"none": _run_none, "neuralflow": _run_neuralflow, "naive": _run_naive, "seed": _run_seed}
+BREAKDOWN = ("none", "nf:hooks", "nf:render", "nf:deliver", "neuralflow")
+RUNNERS = {"none": _run_none, "naive": _run_naive, "seed": _run_seed,
+           **{v: functools.partial(_run_engine, variant=v) for v in BREAKDOWN[1:]}}
 
 
 def spread(values) -> dict:

@@ -85,6 +85,11 @@ def overhead_table(o: dict) -> str:
             "'none' step rep (interference only adds time).")
     header = ["variant", "wall ms/tok", "ratio", "IQR", "p10-p90", "step ms", "ratio", "IQR", "p10-p90",
               "fastest"]
+    names = list(o["variants"])
+    if "nf:hooks" in names:  # the breakdown: what each stage adds to the median step
+        step = [o["variants"][n]["step_ms"]["median"] for n in names]
+        note += "\nadded per token by each stage (step ms): " + ", ".join(
+            f"{n} {b - a:+.3f}" for n, a, b in zip(names[1:], step, step[1:]))
     return head + "\n" + _table(header, rows) + "\n" + note
 
 

@@ -6,6 +6,8 @@
 Model: a random-weight Mistral with 8 layers x 1024 hidden (models.PRESETS["ci"]), float32,
 sdpa, batch 1, on the CPU. Sections (each recorded as {"error": traceback} if it fails):
   overhead   overhead.measure_overhead: none / neuralflow / naive / seed, interleaved
+  overhead:breakdown  the engine with its stages switched off one by one (overhead.BREAKDOWN),
+             on the tiny model (4 x 128), where the engine's fixed per-token cost dominates
   frame_op   frameop.measure_frame_op at the Mistral-7B shape [32, 4096] (also the compiled
              CPU variant of render_into, whose ~10 s compile is reported apart)
   memory     memory.measure_memory over 1,000 generated tokens (300 for the baseline)
@@ -30,7 +32,7 @@ import torch
 
 from neuralflow.benchmarks.report import environment, tables, write_json
 
-SECTIONS = ("overhead", "frame_op", "memory")
+SECTIONS = ("overhead", "overhead:breakdown", "frame_op", "memory")
 
 
 @dataclass
@@ -47,6 +49,8 @@ class SuiteConfig:
     memory_tokens: int = 1000
     memory_baseline_tokens: int = 300
     memory_chunk: int = 100
+    breakdown_tokens: int = 32
+    breakdown_reps: int = 15
     threads: int = 1  # torch intra-op threads; 0 keeps torch's default (see the module docstring)
 
 
@@ -54,7 +58,8 @@ PRESETS = {
     "ci": SuiteConfig(),
     "quick": SuiteConfig(preset="tiny", new_tokens=4, reps=2, warmup=1, prompt_tokens=4,
                          frame_shape=(4, 128), frame_iters=5, frame_rounds=3, frame_compiled=False,
-                         memory_tokens=10, memory_baseline_tokens=10, memory_chunk=5),
+                         memory_tokens=10, memory_baseline_tokens=10, memory_chunk=5,
+                         breakdown_tokens=4, breakdown_reps=2),
 }
 
 
@@ -67,7 +72,7 @@ def run(config: SuiteConfig, sections=SECTIONS, progress=_log) -> dict:
     from neuralflow.benchmarks.frameop import measure_frame_op
     from neuralflow.benchmarks.memory import measure_memory
     from neuralflow.benchmarks.models import PRESETS as MODELS, build, prompt_ids
-    from neuralflow.benchmarks.overhead import measure_overhead
+    from neuralflow.benchmarks.overhead import BREAKDOWN, measure_overhead
 
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -78,9 +83,13 @@ def run(config: SuiteConfig, sections=SECTIONS, progress=_log) -> dict:
         progress(f"building the {config.preset!r} model {MODELS[config.preset]} ...")
         model = build(MODELS[config.preset])
         ids = prompt_ids(model, config.prompt_tokens)
+    tiny = build(MODELS["tiny"]) if "overhead:breakdown" in sections else None
     jobs = {
         "overhead": lambda: measure_overhead(model, ids, config.new_tokens, config.reps,
                                              warmup=config.warmup, progress=progress),
+        "overhead:breakdown": lambda: measure_overhead(
+            tiny, prompt_ids(tiny, config.prompt_tokens), config.breakdown_tokens,
+            config.breakdown_reps, BREAKDOWN, warmup=config.warmup, progress=progress),
         "frame_op": lambda: measure_frame_op(config.frame_shape, "cpu", iters=config.frame_iters,
                                              rounds=config.frame_rounds, compiled=config.frame_compiled,
                                              progress=progress),

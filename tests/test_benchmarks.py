@@ -8,12 +8,14 @@ import torch
 
 from neuralflow.benchmarks import suite
 from neuralflow.benchmarks.baselines import eager_frame, numpy_frame
-from neuralflow.benchmarks.overhead import VARIANTS, measure_overhead
+from neuralflow.benchmarks.overhead import BREAKDOWN, VARIANTS, measure_overhead
+from neuralflow.benchmarks.report import tables
 from neuralflow.engine import render
 
 TINY = suite.SuiteConfig(preset="tiny", new_tokens=2, reps=2, warmup=0, prompt_tokens=4,
                          frame_shape=(3, 100), frame_iters=2, frame_rounds=2, frame_compiled=False,
-                         memory_tokens=4, memory_baseline_tokens=4, memory_chunk=2, threads=0)
+                         memory_tokens=4, memory_baseline_tokens=4, memory_chunk=2, threads=0,
+                         breakdown_tokens=2, breakdown_reps=2)
 
 
 @pytest.mark.parametrize("shape,width", [((32, 4096), 512), ((7, 1823), 100), ((1, 5), 512), ((3, 64), 64)])
@@ -50,6 +52,11 @@ def test_suite_writes_every_section(tmp_path, monkeypatch):
     memory = result["memory"]
     assert len(memory["neuralflow"]["rss_mib"]) == TINY.memory_tokens // TINY.memory_chunk
     assert isinstance(memory["flat"], bool)
+    breakdown = result["overhead:breakdown"]["variants"]  # the engine's stages switched off in turn
+    assert list(breakdown) == list(BREAKDOWN)
+    assert breakdown["nf:render"]["counts"]["captured"] == 0  # nothing shipped before nf:deliver
+    assert breakdown["nf:deliver"]["counts"]["delivered"] == 2 * TINY.breakdown_tokens
+    assert "added per token by each stage" in tables(result)
 
 
 def test_overhead_needs_the_baseline():
