@@ -17,6 +17,10 @@ JSON and the table are rewritten after every section, so a run cut short keeps w
                    neuralflow interleaved; logs mentioning cudagraphs, the inductor's cudagraph
                    skip counter, graph breaks and recompiles are recorded alongside. Last, as
                    compiling is slow and capture under compile may fail (issue 7).
+Optional, only when named in --sections (they run after the others):
+  overhead:breakdown  eager generate with the Engine's stages switched off in turn
+                   (overhead.BREAKDOWN): what the hooks, the frame math, the delivery thread and
+                   the publisher each add per token.
 --budget-s bounds the whole run: the repeated sections stop adding reps at their share of the
 time (overhead:eager leaves STATIC_RESERVE_S for the compiled section), and a section is skipped
 (recorded as such) when too little time is left.
@@ -65,6 +69,7 @@ MIN_SECONDS = {"correctness": 20, "frame_op": 60, "overhead:eager": 60, "memory"
                "overhead:static": 150}  # also the order they run in: the riskiest last
 STATIC_RESERVE_S = 240  # kept for overhead:static: compiling the 7B decode step twice takes minutes
 SECTIONS = tuple(MIN_SECONDS)
+OPTIONAL = {"overhead:breakdown": 90}  # run only when named in --sections, after the others
 
 
 def _log(message: str) -> None:
@@ -290,7 +295,8 @@ def main(argv=None) -> int:
     parser.add_argument("--small", action="store_true", help="tiny model and shapes (dry runs on a CPU)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--out", default=os.environ.get("OUT", "out"), help="output folder (default $OUT or ./out)")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS + tuple(OPTIONAL),
+                        default=list(SECTIONS), help=f"default: all but {', '.join(OPTIONAL)}")
     parser.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget for the whole run")
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -321,7 +327,7 @@ def main(argv=None) -> int:
         _log(result["model"]["error"])
     save()
     from neuralflow.benchmarks.memory import measure_memory
-    from neuralflow.benchmarks.overhead import measure_overhead
+    from neuralflow.benchmarks.overhead import BREAKDOWN, measure_overhead
 
     jobs = {
         "correctness": lambda left: correctness(model, ids, cfg.correctness_steps),
@@ -329,18 +335,22 @@ def main(argv=None) -> int:
         "overhead:eager": lambda left: measure_overhead(  # the time memory and static will not need
             model, ids, cfg.new_tokens, cfg.reps, warmup=cfg.warmup, progress=_log,
             deadline=time.monotonic() + max(0.0, left - MIN_SECONDS["memory"] - STATIC_RESERVE_S)),
+        "overhead:breakdown": lambda left: measure_overhead(
+            model, ids, cfg.new_tokens, cfg.reps, BREAKDOWN, warmup=cfg.warmup, progress=_log,
+            deadline=time.monotonic() + left - 20),
         "memory": lambda left: measure_memory(model, ids, cfg.memory_tokens, cfg.memory_chunk, progress=_log),
         "overhead:static": lambda left: overhead_static(model, ids, cfg, time.monotonic() + left - 30),
     }
-    for name in SECTIONS:
+    limits = {**MIN_SECONDS, **OPTIONAL}
+    for name in limits:
         if name not in args.sections:
             continue
         left = deadline - time.monotonic()
         needs_model = name != "frame_op"
         if needs_model and model is None:
             result[name] = {"skipped": "no model (see model.error)"}
-        elif left < MIN_SECONDS[name] and not args.small:
-            result[name] = {"skipped": f"out of time ({left:.0f} s left, needs ~{MIN_SECONDS[name]} s)"}
+        elif left < limits[name] and not args.small:
+            result[name] = {"skipped": f"out of time ({left:.0f} s left, needs ~{limits[name]} s)"}
         else:
             _log(f"[{name}] ({time.monotonic() - started:.0f} s elapsed, {left:.0f} s left)")
             try:

@@ -10,6 +10,8 @@
 # The 480 s budget leaves about 4 minutes of a 15-minute device allowance (after a 1-2 minute
 # start) for a second, shorter call on the still-warm machine if a section fails, e.g.
 #   bash benchmarks/gpu_run.sh --sections overhead:static --budget-s 200
+# or, with time to spare, the optional per-stage cost on the GPU:
+#   bash benchmarks/gpu_run.sh --sections overhead:breakdown --budget-s 150
 # Each section's results are saved as soon as it ends. The inductor and triton caches live in
 # .cache/ here (ignored by git, kept on a warm machine), so such a second call compiles faster.
 # Results land in $OUT (gpu.json, gpu.txt, traces, log.txt).

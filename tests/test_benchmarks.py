@@ -72,11 +72,12 @@ def test_gpu_script_dry_run_fills_every_section(tmp_path):
     import subprocess
     import sys
     from neuralflow.benchmarks.gpu import SECTIONS
+    from neuralflow.benchmarks.gpu import OPTIONAL
     subprocess.run([sys.executable, "-m", "neuralflow.benchmarks.gpu", "--device", "cpu", "--quick",
-                    "--small", "--dtype", "float32", "--out", str(tmp_path)], check=True, timeout=300,
-                   capture_output=True)
+                    "--small", "--dtype", "float32", "--out", str(tmp_path),
+                    "--sections", *SECTIONS, *OPTIONAL], check=True, timeout=300, capture_output=True)
     result = json.loads((tmp_path / "gpu.json").read_text())
-    for name in SECTIONS:
+    for name in SECTIONS + tuple(OPTIONAL):
         assert "error" not in result[name] and "skipped" not in result[name], (name, result[name])
     assert result["correctness"]["ok"] and result["correctness"]["frames"] == 3
     static = result["overhead:static"]
