@@ -6,7 +6,8 @@
 Groups: "frame-op" (the [32, 4096] frame, ours = render_into with preallocated buffers against
 the plain eager-torch math; on CUDA when available, else the CPU) and "generate" (the CI model,
 8 layers x 1024 hidden, 16 new greedy tokens, without capture and with an Engine publishing to a
-live subscriber process). Compare means within a group. For the interleaved, noise-aware
+live subscriber process), and "layer-hook" (one decoder layer's capture hook, host time).
+Compare means within a group. For the interleaved, noise-aware
 numbers reported in RESULTS.md run `python -m neuralflow.benchmarks.suite` instead.
 On the CPU torch runs on one thread here, as in the suite (see suite.py). With the project's
 default --benchmark-disable each benchmark runs once (a smoke test).
@@ -98,3 +99,20 @@ def test_generate_with_capture(benchmark, model_and_ids):
     benchmark.extra_info.update(engine=dict(engine.stats), subscriber=listener.stats)
     assert engine.error is None and engine.stats["captured"] > 0
     assert listener.stats.get("received", 0) > 0
+
+
+@pytest.mark.benchmark(group="layer-hook")
+def test_layer_hook_call(benchmark, model_and_ids):
+    """The host time of one decoder layer's capture hook in eager mode (Mistral 7B calls it 32
+    times per token): the layer output's last token copied into the staging buffer."""
+    model, _ = model_and_ids
+    engine = Engine(model)
+    engine.attach()
+    try:
+        hook = engine._layer_hooks[0]
+        output = torch.randn(1, 5, engine.hidden, device=DEVICE, dtype=next(model.parameters()).dtype)
+        with torch.no_grad():
+            benchmark(hook, None, None, output)
+        assert torch.equal(engine._staging[0], output[0, -1].float())
+    finally:
+        engine.detach()
