@@ -251,9 +251,36 @@ def overhead_static(model, ids, cfg: GpuConfig, deadline: float) -> dict:
     return result
 
 
-def _summary(result: dict) -> str:
-    """Lines the generic tables do not cover: correctness, kernels per frame, compile notes."""
+def goals(result: dict) -> list[str]:
+    """Issue 6/7's goals against what this run measured, one line each (reported, not asserted)."""
     lines = []
+
+    def overhead(key: str, label: str) -> None:
+        ratio = result.get(key, {}).get("variants", {}).get("neuralflow", {}).get("step_ratio")
+        if ratio:
+            pct = 100 * (ratio["median"] - 1)
+            lines.append(f"{label} overhead <= 1 %: {pct:+.2f} % (IQR {100 * (ratio['p25'] - 1):+.2f} to "
+                         f"{100 * (ratio['p75'] - 1):+.2f} %): {'met' if pct <= 1 else 'missed'}")
+
+    overhead("overhead:eager", "eager")
+    overhead("overhead:static", "compiled (static cache)")
+    frame = result.get("frame_op", {}).get("us_per_frame", {}).get("neuralflow")
+    if frame:
+        timing = result["frame_op"].get("timing", "")
+        lines.append(f"frame op <= 10 us device time: {frame['median']:.1f} us ({timing}): "
+                     f"{'met' if frame['median'] <= 10 else 'missed'}")
+    memory = result.get("memory", {})
+    if "flat" in memory:
+        lines.append(f"flat memory: {'met' if memory['flat'] else 'missed'} (RSS slope "
+                     f"{memory['neuralflow']['rss_slope_mib_per_1k_tokens']:+.3f} MiB per 1k tokens"
+                     + (f", CUDA slope {memory['neuralflow']['cuda_slope_mib_per_1k_tokens']:+.3f}"
+                        if "cuda_slope_mib_per_1k_tokens" in memory["neuralflow"] else "") + ")")
+    return lines
+
+
+def _summary(result: dict) -> str:
+    """Lines the generic tables do not cover: goals, correctness, kernels per frame, compile notes."""
+    lines = ["goals: " + line for line in goals(result)]
     c = result.get("correctness", {})
     if "ok" in c:
         worst = max((r["pixels_differing"] for r in c["steps"]), default=0.0)

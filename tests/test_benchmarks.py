@@ -83,7 +83,9 @@ def test_gpu_script_dry_run_fills_every_section(tmp_path):
     static = result["overhead:static"]
     assert static["capture_complete"] and static["frames_vs_eager"]["max_pixels_differing"] == 0.0
     assert result["memory"]["neuralflow"]["tokens"][-1] == 12  # (too few to judge flatness)
-    assert "correctness: ok=True" in (tmp_path / "gpu.txt").read_text()
+    text = (tmp_path / "gpu.txt").read_text()
+    assert "correctness: ok=True" in text
+    assert sum(line.startswith("goals: ") for line in text.splitlines()) == 4  # eager, static, frame op, memory
 
 
 def test_gpu_sync_check_finds_syncs_made_by_engine_code(monkeypatch):
