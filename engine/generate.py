@@ -133,6 +133,8 @@ def run(args, publisher) -> int:
                         on_frame=publisher.publish if publisher else None, label=Path(args.model).name)
     except UnsupportedModel as err:
         raise UserError(str(err)) from None
+    if model.device.type == "cuda":
+        say("compiling the frame math for this model's shape (once per process, a few seconds)")
     with engine:
         if publisher is not None and args.wait_viewer:
             say(f"waiting up to {args.wait_viewer:g} s for a viewer on {publisher.endpoint}")
