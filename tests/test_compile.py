@@ -95,11 +95,12 @@ def test_stale_frames_from_skipped_hooks_are_reported(monkeypatch, caplog):
     assert "layer hooks are not running" in caplog.text
 
 
-def mutated_inputs_cuda_graphs_would_copy(model, ids, capture):
-    """Compile the static-cache decode step, inside the context manager `capture`, with a spy
-    backend that, like inductor's CUDA-graph check, lists the graph inputs that the graph writes
-    but that are not static (fixed-address) inputs: inductor skips CUDA graphs when there are
-    any ("mutated inputs"). One list of their shapes per compiled graph."""
+def mutated_inputs_cuda_graphs_would_copy(model, ids, capture, how="static"):
+    """Compile the model inside the context manager `capture`, with a spy backend that, like
+    inductor's CUDA-graph check, lists the graph inputs that the graph writes but that are not
+    static (fixed-address) inputs: inductor skips CUDA graphs when there are any ("mutated
+    inputs"). One list of their shapes per compiled graph. how="static": transformers' compiled
+    static-cache decode step; how="user": torch.compile(model) called on the prompt."""
     from torch._dynamo.backends.common import aot_autograd
     from torch._functorch.aot_autograd import make_boxed_func
     found = []
@@ -111,11 +112,15 @@ def mutated_inputs_cuda_graphs_would_copy(model, ids, capture):
                       if info.mutates_data and i not in static])
         return make_boxed_func(gm.forward)
 
-    config = CompileConfig(backend=aot_autograd(fw_compiler=forward_compiler))
+    spy = aot_autograd(fw_compiler=forward_compiler)
+    config = CompileConfig(backend=spy)
     config._compile_all_devices = True
     torch._dynamo.reset()
-    with capture:
-        greedy(model, ids, 3, cache_implementation="static", compile_config=config)
+    with capture, torch.no_grad():
+        if how == "static":
+            greedy(model, ids, 3, cache_implementation="static", compile_config=config)
+        else:
+            torch.compile(model, backend=spy)(ids, use_cache=False)
     torch._dynamo.reset()
     return found
 
@@ -123,12 +128,13 @@ def mutated_inputs_cuda_graphs_would_copy(model, ids, capture):
 PLAIN = torch.zeros(64)  # the control's plain tensor, written by a hook
 
 
+@pytest.mark.parametrize("how", ["static", "user"])
 @pytest.mark.parametrize("control", [False, True])
-def test_compiled_decode_step_writes_only_static_inputs(control):
+def test_compiled_decode_step_writes_only_static_inputs(control, how):
     """The precondition for keeping CUDA graphs (issue 7), checked on the CPU: every buffer the
-    hooks write inside the compiled decode step is a static input, like the KV cache. The
-    control is issue 7's failing case, a hook that writes a plain (global) tensor: the check
-    must find that tensor."""
+    hooks write inside the compiled code (transformers' static-cache decode step, or a user's
+    torch.compile(model)) is a static input, like the KV cache. The control is issue 7's
+    failing case, a hook that writes a plain (global) tensor: the check must find that tensor."""
     model = tiny("mistral", num_hidden_layers=2)
     ids = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(4))
     frames = []
@@ -138,8 +144,8 @@ def test_compiled_decode_step_writes_only_static_inputs(control):
 
     capture = (model.model.layers[0].register_forward_hook(write_plain) if control  # removed on exit
                else Engine(model, width=32, on_frame=frames.append, strict=True))
-    found = mutated_inputs_cuda_graphs_would_copy(model, ids, capture)
-    assert found and len(frames) == (0 if control else 3)
+    found = mutated_inputs_cuda_graphs_would_copy(model, ids, capture, how)
+    assert found and len(frames) == (0 if control else 3 if how == "static" else 1)
     assert all(shapes == ([(64,)] if control else []) for shapes in found), found
 
 
