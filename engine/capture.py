@@ -188,7 +188,6 @@ class Engine:
             self._ref_hi = torch.ones(layers, dtype=torch.float32, device=device)
         self._ref_ready = self.reference is not None
         self._seq = 0
-        self._allocated = True
         for buffer in (self._staging, self._pixels, self._lo, self._hi, self._token,
                        self._ref_lo, self._ref_hi):
             # fixed addresses, so CUDA graphs may write them (like module buffers; see issue 7).
@@ -204,6 +203,7 @@ class Engine:
         self._slots = [_Slot(host(self._pixels), host(self._lo), host(self._hi), host(self._token),
                              torch.cuda.Event() if cuda else None) for _ in range(self.n_slots)]
         self._warm_up()
+        self._allocated = True  # only once everything above worked
 
     def _warm_up(self) -> None:
         """Run the frame math once per variant the hooks will use, on the zero staging buffer, so
