@@ -1,4 +1,5 @@
-"""Capture inside compiled models: the same frames as eager capture (CPU, inductor)."""
+"""Capture inside compiled models (CPU, inductor): the same frames as eager capture, and what
+keeping CUDA graphs needs (static inputs, no graph breaks, nothing compiled during generation)."""
 
 import numpy as np
 import pytest
@@ -130,7 +131,7 @@ PLAIN = torch.zeros(64)  # the control's plain tensor, written by a hook
 
 @pytest.mark.parametrize("how", ["static", "user"])
 @pytest.mark.parametrize("control", [False, True])
-def test_compiled_decode_step_writes_only_static_inputs(control, how):
+def test_compiled_code_writes_only_static_inputs(control, how):
     """The precondition for keeping CUDA graphs (issue 7), checked on the CPU: every buffer the
     hooks write inside the compiled code (transformers' static-cache decode step, or a user's
     torch.compile(model)) is a static input, like the KV cache. The control is issue 7's
