@@ -212,9 +212,10 @@ class Engine:
         not compile (no working triton, say), the same math runs as eager ops, with a warning."""
         started = time.perf_counter()
         first = self.norm if self._ref_ready or self.norm != "reference" else "seed"
+        norms = dict.fromkeys((first, self.norm))  # the variants the hooks will render
         self._fuse = fused_by_default(self._staging.device)
         try:
-            for norm in dict.fromkeys((first, self.norm)):
+            for norm in norms:
                 self._render_math(norm)
         except Exception as err:
             if not self._fuse:
@@ -222,7 +223,7 @@ class Engine:
             log.warning("neuralflow: compiling the frame math failed, running it as eager torch "
                         "ops instead (same picture, more kernel launches): %r", err)
             self._fuse = False
-            for norm in dict.fromkeys((first, self.norm)):
+            for norm in norms:
                 self._render_math(norm)
         if self._staging.is_cuda:
             torch.cuda.synchronize(self._staging.device)  # sync point: at attach, not per token

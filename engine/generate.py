@@ -25,6 +25,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from neuralflow.engine.capture import Engine
 from neuralflow.engine.layers import UnsupportedModel
+from neuralflow.engine.render import fused_by_default
 from neuralflow.viewer.cli import UserError
 
 ATTENTIONS = ("flash_attention_2", "sdpa", "eager")
@@ -133,7 +134,7 @@ def run(args, publisher) -> int:
                         on_frame=publisher.publish if publisher else None, label=Path(args.model).name)
     except UnsupportedModel as err:
         raise UserError(str(err)) from None
-    if model.device.type == "cuda":
+    if fused_by_default(model.device):
         say("compiling the frame math for this model's shape (once per process, a few seconds)")
     with engine:
         if publisher is not None and args.wait_viewer:
