@@ -166,15 +166,36 @@ class _CompileWatch:
             self.messages.append(f"(set_logs failed: {err!r})")
         self.handler = logging.Handler()
         self.handler.emit = lambda record: self.messages.append(record.getMessage()[:500])
-        self.loggers = [logging.getLogger("torch"), logging.getLogger()]
+        # the cudagraphs artifact logger does not propagate to "torch"
+        self.loggers = [logging.getLogger(name) for name in
+                        ("torch", "", "torch._inductor.cudagraph_trees.__cudagraphs")]
         for logger in self.loggers:
             logger.addHandler(self.handler)
         self.before = self._counters()
+        # every CUDA-graph recording, re-recordings included ("static input data pointer
+        # changed": a graph re-recorded on every step ran 4.3x slower on an H200, and no
+        # counter or skip message showed it)
+        self.recordings = 0
+        try:
+            from torch._inductor.cudagraph_trees import CUDAGraphTreeManager
+            self.manager, record = CUDAGraphTreeManager, CUDAGraphTreeManager.record_function
+
+            def counted(manager, *args, **kwargs):
+                self.recordings += 1
+                return record(manager, *args, **kwargs)
+
+            CUDAGraphTreeManager.record_function = counted
+            self.record = record
+        except Exception as err:
+            self.manager = None
+            self.messages.append(f"(cannot count CUDA-graph recordings: {err!r})")
         return self
 
     def __exit__(self, *exc):
         for logger in self.loggers:
             logger.removeHandler(self.handler)
+        if self.manager is not None:
+            self.manager.record_function = self.record
 
     @staticmethod
     def _counters() -> dict:
@@ -191,7 +212,9 @@ class _CompileWatch:
         delta = {k: after[k] - self.before.get(k, 0) for k in after if isinstance(after[k], int)}
         unique = list(dict.fromkeys(self.messages))
         skipping = [m for m in unique if "skipping cudagraphs" in m.lower()]
+        rerecords = [m for m in unique if "re-recording" in m.lower()]
         return {"counters": delta, "skipping_cudagraphs": skipping[:20],
+                "cudagraph_recordings": self.recordings, "rerecording": rerecords[:10],
                 "cudagraphs_skipped": bool(skipping) or delta.get("cudagraph_skips", 0) > 0,
                 "messages": [m for m in unique if "cudagraph" in m.lower() or "recompil" in m.lower()
                              or "graph break" in m.lower()][:60]}
@@ -241,6 +264,8 @@ def overhead_static(model, ids, cfg: GpuConfig, deadline: float) -> dict:
             expected = result["config"]["reps"] * cfg.new_tokens
             result["capture_complete"] = counts.get("captured") == expected and not counts.get("errors")
             result["frames_expected"] = expected
+            # warm-up and timed reps: a few recordings per compiled graph, not one per step
+            result["cudagraph_recordings_in_measure"] = watch.recordings
         except Exception:
             result = {"error": traceback.format_exc()}
         try:
@@ -301,7 +326,11 @@ def _summary(result: dict) -> str:
     if "compile" in s:
         comp = s["compile"]
         lines.append(f"static/compiled: cudagraphs skipped={comp['cudagraphs_skipped']} "
-                     f"counters={comp['counters']} capture complete={s.get('capture_complete')} "
+                     f"counters={comp['counters']} CUDA-graph recordings={comp.get('cudagraph_recordings')} "
+                     f"({s.get('cudagraph_recordings_in_measure')} over the warm-up and "
+                     f"{2 * s.get('config', {}).get('reps', 0)} timed generate calls) "
+                     f"(re-recordings logged: {len(comp.get('rerecording', []))}) "
+                     f"capture complete={s.get('capture_complete')} "
                      f"(frames expected {s.get('frames_expected')})")
         vs = s.get("frames_vs_eager", {})
         lines.append(f"  frames static vs eager: {vs.get('static_frames')}/{vs.get('eager_frames')} frames, "

@@ -14,7 +14,7 @@
 #   bash benchmarks/gpu_run.sh --sections overhead:breakdown --budget-s 150
 # Each section's results are saved as soon as it ends. The inductor and triton caches live in
 # .cache/ here (ignored by git, kept on a warm machine), so such a second call compiles faster.
-# Results land in $OUT (gpu.json, gpu.txt, traces, log.txt).
+# Results land in $OUT (gpu.json, gpu.txt, traces, log.txt.gz).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-out}"
@@ -32,3 +32,6 @@ export TORCHINDUCTOR_CACHE_DIR="$PWD/.cache/inductor" TRITON_CACHE_DIR="$PWD/.ca
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu_card.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 python3 -m neuralflow.benchmarks.gpu --out "$out" --budget-s 480 "$@" 2>&1 | tee "$out/log.txt"
+status=$?
+gzip -f "$out/log.txt"  # the cudagraphs log is large; $OUT takes files up to 16 MiB
+exit $status

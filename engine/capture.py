@@ -137,7 +137,6 @@ class Engine:
             self.sinks.append(self.publisher.publish)
         self._cache_ref = None
         self._step, self._position = 0, 0
-        self._token_src = None
         self._last_frame = None  # the delivery thread's previous frame, for _check_fresh
         self._enabled = True
         self._free: queue.SimpleQueue = queue.SimpleQueue()
@@ -273,7 +272,13 @@ class Engine:
         else:
             self._step += 1
             self._position += q_len
-        self._token_src = ids[self.row, -1:] if ids is not None else None
+        # here, outside any compiled graph: this step's input_ids is a new tensor, and a graph
+        # that read it through an attribute would take it as a static input and re-record its
+        # CUDA graph on every step (seen on an H200; tests/test_compile.py checks it)
+        if ids is not None:
+            self._token.copy_(ids[self.row, -1:])
+        else:
+            self._token.fill_(-1)
 
     def _layer_hook(self, i: int):
         last = i == len(self.layers) - 1
@@ -301,10 +306,6 @@ class Engine:
             self._ref_lo.copy_(self._lo)
             self._ref_hi.copy_(self._hi)
             self._ref_ready = True
-        if self._token_src is not None:
-            self._token.copy_(self._token_src)
-        else:
-            self._token.fill_(-1)
 
     @torch.compiler.disable
     def _on_model_end(self, module, args, output):
@@ -370,11 +371,12 @@ class Engine:
             self._free.put(slot)
 
     def _check_fresh(self, frame: Frame) -> None:
-        """A decode step whose picture and input token equal the previous step's means the layer
-        hooks did not run (compiled code that skips them): say so once, never silently."""
+        """A decode step whose picture and per-layer ranges equal the previous step's to the bit
+        means the layer hooks did not run (compiled code that skips them; a new position alone
+        changes the states): say so once, never silently."""
         last, self._last_frame = self._last_frame, frame
-        if (frame.step > 0 and last is not None and frame.token_id == last.token_id
-                and np.array_equal(frame.pixels, last.pixels)):
+        if (frame.step > 0 and last is not None and np.array_equal(frame.lo, last.lo)
+                and np.array_equal(frame.hi, last.hi) and np.array_equal(frame.pixels, last.pixels)):
             self.stats["stale"] += 1
             if self.stats["stale"] == 1:
                 log.error("neuralflow: step %d repeats the previous frame exactly: the layer hooks "

@@ -96,22 +96,34 @@ def test_stale_frames_from_skipped_hooks_are_reported(monkeypatch, caplog):
     assert "layer hooks are not running" in caplog.text
 
 
-def mutated_inputs_cuda_graphs_would_copy(model, ids, capture, how="static"):
-    """Compile the model inside the context manager `capture`, with a spy backend that, like
-    inductor's CUDA-graph check, lists the graph inputs that the graph writes but that are not
-    static (fixed-address) inputs: inductor skips CUDA graphs when there are any ("mutated
-    inputs"). One list of their shapes per compiled graph. how="static": transformers' compiled
-    static-cache decode step; how="user": torch.compile(model) called on the prompt."""
+def cuda_graph_hazards(model, ids, capture, how="static"):
+    """Compile the model inside the context manager `capture`, with a spy backend that looks for
+    the two things that cost CUDA graphs under inductor: graph inputs that the graph writes but
+    that are not static (fixed-address) inputs, which make it skip CUDA graphs ("mutated
+    inputs"), one list of shapes per compiled graph; and static inputs whose address changes
+    from one call to the next, which make it re-record the graph on every call (the shapes).
+    how="static": transformers' compiled static-cache decode step (5 tokens: several compiled
+    calls per graph); how="user": torch.compile(model) called twice on the prompt."""
     from torch._dynamo.backends.common import aot_autograd
     from torch._functorch.aot_autograd import make_boxed_func
-    found = []
+    found, moved = [], []
 
     def forward_compiler(gm, example_inputs):
         meta = torch._guards.TracingContext.get().fw_metadata
         static = set(meta.static_input_indices)
         found.append([tuple(example_inputs[i].shape) for i, info in enumerate(meta.input_info)
                       if info.mutates_data and i not in static])
-        return make_boxed_func(gm.forward)
+        run, seen = make_boxed_func(gm.forward), {}
+
+        def spy_run(args):  # a static input at a new address makes CUDA graphs re-record
+            for i in static:
+                if isinstance(args[i], torch.Tensor):
+                    if seen.setdefault(i, args[i].data_ptr()) != args[i].data_ptr():
+                        moved.append(tuple(args[i].shape))
+            return run(args)
+
+        spy_run._boxed_call = True
+        return spy_run
 
     spy = aot_autograd(fw_compiler=forward_compiler)
     config = CompileConfig(backend=spy)
@@ -119,11 +131,12 @@ def mutated_inputs_cuda_graphs_would_copy(model, ids, capture, how="static"):
     torch._dynamo.reset()
     with capture, torch.no_grad():
         if how == "static":
-            greedy(model, ids, 3, cache_implementation="static", compile_config=config)
+            greedy(model, ids, 5, cache_implementation="static", compile_config=config)
         else:
-            torch.compile(model, backend=spy)(ids, use_cache=False)
+            for _ in range(2):
+                torch.compile(model, backend=spy)(ids, use_cache=False)
     torch._dynamo.reset()
-    return found
+    return found, moved
 
 
 PLAIN = torch.zeros(64)  # the control's plain tensor, written by a hook
@@ -145,9 +158,10 @@ def test_compiled_code_writes_only_static_inputs(control, how):
 
     capture = (model.model.layers[0].register_forward_hook(write_plain) if control  # removed on exit
                else Engine(model, width=32, on_frame=frames.append, strict=True))
-    found = mutated_inputs_cuda_graphs_would_copy(model, ids, capture, how)
-    assert found and len(frames) == (0 if control else 3 if how == "static" else 1)
+    found, moved = cuda_graph_hazards(model, ids, capture, how)
+    assert found and len(frames) == (0 if control else 5 if how == "static" else 2)
     assert all(shapes == ([(64,)] if control else []) for shapes in found), found
+    assert moved == [], moved  # e.g. a hook reading this step's input_ids through an attribute
 
 
 def test_compiled_frame_math_nests_in_a_fullgraph_decode_step(monkeypatch):
