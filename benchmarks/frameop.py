@@ -10,6 +10,8 @@ Implementations timed:
   eager       baselines.eager_frame, the same math one eager op at a time (allocates);
   neuralflow_compiled (CPU only, compiled=True): render_into(fuse=True), the CUDA path's compiled
               function run on the CPU; its compile time is reported apart.
+  neuralflow_graph (CUDA only): that compiled call captured once as a CUDA graph and replayed,
+              as the Engine does in eager forwards.
 On CPU a round times `iters` back-to-back calls of each implementation (wall time); on CUDA
 the same loop is bracketed by CUDA events (device timeline, so launch gaps count when the
 host cannot keep up). Rounds alternate implementations; medians over rounds are reported.
@@ -24,7 +26,7 @@ import torch
 
 from neuralflow.benchmarks.baselines import eager_frame
 from neuralflow.benchmarks.overhead import spread
-from neuralflow.engine.render import frame_shape, render_into
+from neuralflow.engine.render import cuda_graph, frame_shape, render_into
 
 
 def _implementations(states: torch.Tensor, width: int, compiled: bool) -> dict:
@@ -38,6 +40,10 @@ def _implementations(states: torch.Tensor, width: int, compiled: bool) -> dict:
     }
     if compiled and not states.is_cuda:
         impls["neuralflow_compiled"] = lambda: render_into(states, pixels, lo, hi, width=width, fuse=True)
+    if states.is_cuda:  # what the Engine's eager forwards run: the compiled call as a CUDA graph
+        impls["neuralflow"]()  # compile and warm before capturing
+        torch.cuda.synchronize(states.device)
+        impls["neuralflow_graph"] = cuda_graph(impls["neuralflow"], states.device).replay
     return impls
 
 

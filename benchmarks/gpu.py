@@ -11,13 +11,19 @@ JSON and the table are rewritten after every section, so a run cut short keeps w
                    host syncs engine code makes on the generating thread (must be none);
   frame_op         the [32, 4096] frame op, ours (compiled) against eager torch, device time
                    from CUDA events; plus a torch.profiler listing of what one call launches;
-  overhead:eager   eager generate, 128 new tokens, none / neuralflow / naive / seed interleaved;
+  hooks            the layer hooks of one eager decode token, outputs held and copied at once
+                   (the Engine now) against one copy launch per layer (before), host-bound time;
+  overhead:eager   eager generate, 128 new tokens, none / neuralflow / nf:unbatched interleaved
+                   (nf:unbatched: the engine of the first H200 run, one copy launch per layer and
+                   no CUDA graph for the frame math: the A/B of that change);
   memory           CUDA and host memory added by capture over 1,000 tokens;
   overhead:static  generate(cache_implementation="static") (auto-compiled, CUDA graphs), none /
                    neuralflow interleaved; logs mentioning cudagraphs, the inductor's cudagraph
                    skip counter, graph breaks and recompiles are recorded alongside. Last, as
                    compiling is slow and capture under compile may fail (issue 7).
 Optional, only when named in --sections (they run after the others):
+  overhead:baselines  eager generate, none / neuralflow / naive / seed interleaved (the issue 6
+                   comparison; measured once, noisily, on 2026-11-27);
   overhead:breakdown  eager generate with the Engine's stages switched off in turn
                    (overhead.BREAKDOWN): what the hooks, the frame math, the delivery thread and
                    the publisher each add per token.
@@ -49,7 +55,7 @@ from neuralflow.benchmarks.report import environment, tables, write_json
 @dataclass
 class GpuConfig:
     new_tokens: int = 128
-    reps: int = 8
+    reps: int = 12  # eager; the deadline usually stops it first
     warmup: int = 1
     static_reps: int = 6
     static_warmup: int = 2  # compiles: one round for each of none and neuralflow, then steady
@@ -65,11 +71,12 @@ QUICK = dict(new_tokens=32, reps=4, static_reps=3, frame_iters=100, frame_rounds
              memory_tokens=200, memory_chunk=50)
 SMALL_CPU = dict(new_tokens=6, reps=2, warmup=1, static_reps=2, static_warmup=1, correctness_steps=3,
                  frame_iters=5, frame_rounds=2, memory_tokens=12, memory_chunk=4, prompt_tokens=6)
-MIN_SECONDS = {"correctness": 20, "frame_op": 60, "overhead:eager": 60, "memory": 60,
+MIN_SECONDS = {"correctness": 20, "frame_op": 60, "hooks": 15, "overhead:eager": 60, "memory": 60,
                "overhead:static": 150}  # also the order they run in: the riskiest last
-STATIC_RESERVE_S = 240  # kept for overhead:static: compiling the 7B decode step twice takes minutes
+STATIC_RESERVE_S = 200  # kept for overhead:static: it took 165 s on an H200, compiling included
 SECTIONS = tuple(MIN_SECONDS)
-OPTIONAL = {"overhead:breakdown": 90}  # run only when named in --sections, after the others
+OPTIONAL = {"overhead:baselines": 90, "overhead:breakdown": 90}  # only when named, after the others
+EAGER = ("none", "neuralflow", "nf:unbatched")
 
 
 def _log(message: str) -> None:
@@ -289,11 +296,13 @@ def goals(result: dict) -> list[str]:
 
     overhead("overhead:eager", "eager")
     overhead("overhead:static", "compiled (static cache)")
-    frame = result.get("frame_op", {}).get("us_per_frame", {}).get("neuralflow")
-    if frame:
-        timing = result["frame_op"].get("timing", "")
-        lines.append(f"frame op <= 10 us device time: {frame['median']:.1f} us ({timing}): "
-                     f"{'met' if frame['median'] <= 10 else 'missed'}")
+    frame = result.get("frame_op", {})
+    device_us = frame.get("profiled_device_us", {}).get("neuralflow")
+    if device_us is not None:  # the events time of a call is host-bound: not the device time
+        per_call = {k: f"{v['median']:.1f}" for k, v in frame.get("us_per_frame", {}).items()}
+        lines.append(f"frame op <= 10 us device time: {device_us:.1f} us, the sum of its kernels "
+                     f"(torch.profiler): {'met' if device_us <= 10 else 'missed'}; us per call by "
+                     f"{frame.get('timing')}: {per_call}")
     memory = result.get("memory", {})
     if "flat" in memory:
         lines.append(f"flat memory: {'met' if memory['flat'] else 'missed'} (RSS slope "
@@ -382,15 +391,21 @@ def main(argv=None) -> int:
         result["model"]["error"] = traceback.format_exc()
         _log(result["model"]["error"])
     save()
+    from neuralflow.benchmarks.hooks import measure_token_hooks
     from neuralflow.benchmarks.memory import measure_memory
     from neuralflow.benchmarks.overhead import BREAKDOWN, measure_overhead
 
     jobs = {
         "correctness": lambda left: correctness(model, ids, cfg.correctness_steps),
         "frame_op": lambda left: frame_op(args.device, cfg, out_dir, preset.shape),
+        "hooks": lambda left: measure_token_hooks(*preset.shape, device=args.device,
+                                                  dtype=getattr(torch, args.dtype), progress=_log),
         "overhead:eager": lambda left: measure_overhead(  # the time memory and static will not need
-            model, ids, cfg.new_tokens, cfg.reps, warmup=cfg.warmup, progress=_log,
+            model, ids, cfg.new_tokens, cfg.reps, EAGER, warmup=cfg.warmup, progress=_log,
             deadline=time.monotonic() + max(0.0, left - MIN_SECONDS["memory"] - STATIC_RESERVE_S)),
+        "overhead:baselines": lambda left: measure_overhead(
+            model, ids, cfg.new_tokens, cfg.reps, warmup=cfg.warmup, progress=_log,
+            deadline=time.monotonic() + left - 20),
         "overhead:breakdown": lambda left: measure_overhead(
             model, ids, cfg.new_tokens, cfg.reps, BREAKDOWN, warmup=cfg.warmup, progress=_log,
             deadline=time.monotonic() + left - 20),
@@ -402,7 +417,7 @@ def main(argv=None) -> int:
         if name not in args.sections:
             continue
         left = deadline - time.monotonic()
-        needs_model = name != "frame_op"
+        needs_model = name not in ("frame_op", "hooks")
         if needs_model and model is None:
             result[name] = {"skipped": "no model (see model.error)"}
         elif left < limits[name] and not args.small:

@@ -20,7 +20,9 @@ Engine with its later stages switched off, no publisher:
   nf:hooks    the hooks and their layer copies only;
   nf:render   plus the frame math;
   nf:deliver  plus shipping to the pinned ring and the delivery thread (frames to a no-op sink);
-and then "neuralflow", which adds the publisher and a subscriber process.
+and then "neuralflow", which adds the publisher and a subscriber process. "nf:unbatched" is
+"neuralflow" with one copy launch per layer and no CUDA graph for the frame math, as the engine
+was before the first H200 run (GPU A/B of that change).
 Hooks, engines and the subscriber connection are set up and torn down outside the timed region.
 One Engine serves all of a call's neuralflow runs, attached for each run, as a user attaches one
 Engine for a session: code compiled with its hooks, and CUDA graphs recorded on its buffers, are
@@ -139,11 +141,26 @@ class _PartialEngine(Engine):
             super()._ship()
 
 
+class _UnbatchedEngine(Engine):
+    """The Engine as first measured on an H200 (commit 90ea460), for A/B runs against the current
+    one: one copy launch per layer in every step, and the frame math called, not replayed as a
+    CUDA graph."""
+
+    def _warm_up(self) -> None:
+        super()._warm_up()
+        self._graphs = {}
+
+    def _start(self, args, kwargs) -> None:
+        super()._start(args, kwargs)
+        self._hold = False
+
+
 def _engine(s: _Setup, variant: str) -> Engine:
     if variant not in s.engines:
-        if variant == "neuralflow":
+        if variant in ("neuralflow", "nf:unbatched"):
+            cls = Engine if variant == "neuralflow" else _UnbatchedEngine
             sink = None if s.endpoint else (lambda frame: None)  # no pyzmq: frames end at a no-op sink
-            s.engines[variant] = Engine(s.model, publish=s.endpoint or None, on_frame=sink, width=s.width)
+            s.engines[variant] = cls(s.model, publish=s.endpoint or None, on_frame=sink, width=s.width)
         else:
             s.engines[variant] = _PartialEngine(s.model, variant.split(":")[1], width=s.width)
     return s.engines[variant]
@@ -216,7 +233,7 @@ def _run_seed(s: _Setup) -> tuple[_Timing, dict]:
 
 BREAKDOWN = ("none", "nf:hooks", "nf:render", "nf:deliver", "neuralflow")
 RUNNERS = {"none": _run_none, "naive": _run_naive, "seed": _run_seed,
-           **{v: functools.partial(_run_engine, variant=v) for v in BREAKDOWN[1:]}}
+           **{v: functools.partial(_run_engine, variant=v) for v in BREAKDOWN[1:] + ("nf:unbatched",)}}
 
 
 def spread(values) -> dict:
@@ -296,7 +313,7 @@ def measure_overhead(model: torch.nn.Module, prompt_ids: torch.Tensor, new_token
     sequence = []  # (variant, _Timing) of the timed runs, in execution order
     infos = {v: [] for v in variants}
     warm = {v: [] for v in variants}
-    publish = "neuralflow" in variants and available()
+    publish = bool({"neuralflow", "nf:unbatched"} & set(variants)) and available()
     listening = Listener(free_endpoint()) if publish else nullcontext()
     started = time.monotonic()
     # registered first, so it runs before the variants' hooks

@@ -124,7 +124,16 @@ def memory_table(m: dict) -> str:
     return head + "\n" + _table(header, rows)
 
 
-FORMATTERS = {"overhead": overhead_table, "frame_op": frame_table, "memory": memory_table}
+def hooks_table(h: dict) -> str:
+    rows = [[way, f"{t['median']:.1f}", f"{t['p10']:.1f}-{t['p90']:.1f}"] for way, t in h["us_per_token"].items()]
+    head = (f"Capture hooks per eager decode token ({h['layers']} layers x {h['hidden']}, {h['device']} "
+            f"{h['dtype']}, frame math off), {h['rounds']} alternating rounds x {h['tokens']} tokens; "
+            f"held / copied {' '.join(_ratio_cells(h['ratio_held_to_copied']))}; same staging: {h['same_staging']}")
+    return head + "\n" + _table(["way", "us/token", "p10-p90"], rows)
+
+
+FORMATTERS = {"overhead": overhead_table, "frame_op": frame_table, "memory": memory_table,
+              "hooks": hooks_table}
 
 
 def tables(result: dict) -> str:

@@ -10,6 +10,8 @@ sdpa, batch 1, on the CPU. Sections (each recorded as {"error": traceback} if it
              on the tiny model (4 x 128), where the engine's fixed per-token cost dominates
   frame_op   frameop.measure_frame_op at the Mistral-7B shape [32, 4096] (also the compiled
              CPU variant of render_into, whose ~10 s compile is reported apart)
+  hooks      hooks.measure_token_hooks at the Mistral-7B shape: the layer hooks of one eager decode
+             token, outputs held and copied at once against one copy per layer
   memory     memory.measure_memory over 1,000 generated tokens (300 for the baseline)
 Progress goes to stderr, the table to stdout, everything to --json. See benchmarks/RESULTS.md.
 
@@ -32,7 +34,7 @@ import torch
 
 from neuralflow.benchmarks.report import environment, tables, write_json
 
-SECTIONS = ("overhead", "overhead:breakdown", "frame_op", "memory")
+SECTIONS = ("overhead", "overhead:breakdown", "frame_op", "hooks", "memory")
 
 
 @dataclass
@@ -51,6 +53,8 @@ class SuiteConfig:
     memory_chunk: int = 100
     breakdown_tokens: int = 32
     breakdown_reps: int = 15
+    hooks_shape: tuple = (32, 4096)
+    hooks_rounds: int = 30
     threads: int = 1  # torch intra-op threads; 0 keeps torch's default (see the module docstring)
 
 
@@ -59,7 +63,7 @@ PRESETS = {
     "quick": SuiteConfig(preset="tiny", new_tokens=4, reps=2, warmup=1, prompt_tokens=4,
                          frame_shape=(4, 128), frame_iters=5, frame_rounds=3, frame_compiled=False,
                          memory_tokens=10, memory_baseline_tokens=10, memory_chunk=5,
-                         breakdown_tokens=4, breakdown_reps=2),
+                         breakdown_tokens=4, breakdown_reps=2, hooks_shape=(4, 128), hooks_rounds=2),
 }
 
 
@@ -70,6 +74,7 @@ def _log(message: str) -> None:
 def run(config: SuiteConfig, sections=SECTIONS, progress=_log) -> dict:
     """Run the suite on the CPU and return a JSON-ready dict, one key per section."""
     from neuralflow.benchmarks.frameop import measure_frame_op
+    from neuralflow.benchmarks.hooks import measure_token_hooks
     from neuralflow.benchmarks.memory import measure_memory
     from neuralflow.benchmarks.models import PRESETS as MODELS, build, prompt_ids
     from neuralflow.benchmarks.overhead import BREAKDOWN, measure_overhead
@@ -92,6 +97,8 @@ def run(config: SuiteConfig, sections=SECTIONS, progress=_log) -> dict:
             config.breakdown_reps, BREAKDOWN, warmup=config.warmup, progress=progress),
         "frame_op": lambda: measure_frame_op(config.frame_shape, "cpu", iters=config.frame_iters,
                                              rounds=config.frame_rounds, compiled=config.frame_compiled,
+                                             progress=progress),
+        "hooks": lambda: measure_token_hooks(*config.hooks_shape, rounds=config.hooks_rounds,
                                              progress=progress),
         "memory": lambda: measure_memory(model, ids, config.memory_tokens, config.memory_chunk,
                                          baseline_tokens=config.memory_baseline_tokens,

@@ -6,8 +6,10 @@
     print(engine.stats)
 
 Per forward pass (DESIGN.md, "Data flow"):
-  layer i hook      staging[i] <- output[row, -1]           (device copy, no sync)
-  last layer hook   render_into(staging) -> frame buffers     (one compiled function on CUDA)
+  layer i hook      staging[i] <- output[row, -1]           (device copy, no sync; in an
+                    eager decode step the outputs are held and copied at once at the last layer)
+  last layer hook   render_into(staging) -> frame buffers     (one compiled function on CUDA,
+                    replayed as a CUDA graph when the forward is eager)
   model hook        frame -> free pinned slot, non_blocking; record the slot's event
   delivery thread   wait on the event (the only wait), build a Frame, hand it to the sinks
 Everything is allocated once at attach. The hooks never wait for the device; when no slot is
@@ -32,7 +34,7 @@ import torch
 
 from neuralflow.engine.layers import (decoder_layers, hidden_size, layer_output, model_name,
                                       unwrap)
-from neuralflow.engine.render import (check_options, frame_shape, fused_by_default,
+from neuralflow.engine.render import (check_options, cuda_graph, frame_shape, fused_by_default,
                                       reference_stats, render_into)
 from neuralflow.viewer.frame import Frame
 from neuralflow.viewer.wire import new_session_id
@@ -161,6 +163,8 @@ class Engine:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._allocated:
+            self._held = [None] * len(self.layers)  # let go of the last step's layer outputs
         if self._thread is not None:
             self._filled.put(None)
             self._thread.join()
@@ -187,6 +191,8 @@ class Engine:
             self._ref_hi = torch.ones(layers, dtype=torch.float32, device=device)
         self._ref_ready = self.reference is not None
         self._seq = 0
+        self._one_device = len({next(layer.parameters()).device for layer in self.layers}) == 1
+        self._hold, self._held = False, [None] * layers
         for buffer in (self._staging, self._pixels, self._lo, self._hi, self._token,
                        self._ref_lo, self._ref_hi):
             # fixed addresses, so CUDA graphs may write them (like module buffers; see issue 7).
@@ -208,7 +214,8 @@ class Engine:
         """Run the frame math once per variant the hooks will use, on the zero staging buffer, so
         that compiling it (CUDA: a few seconds, once per shape and process) happens here at
         attach, not inside the first forward pass of the generation being watched. If it will
-        not compile (no working triton, say), the same math runs as eager ops, with a warning."""
+        not compile (no working triton, say), the same math runs as eager ops, with a warning.
+        On CUDA each variant is then captured as a CUDA graph for eager forwards to replay."""
         started = time.perf_counter()
         first = self.norm if self._ref_ready or self.norm != "reference" else "seed"
         norms = dict.fromkeys((first, self.norm))  # the variants the hooks will render
@@ -224,8 +231,15 @@ class Engine:
             self._fuse = False
             for norm in norms:
                 self._render_math(norm)
+        self._graphs = {}
         if self._staging.is_cuda:
             torch.cuda.synchronize(self._staging.device)  # sync point: at attach, not per token
+            try:  # eager forwards replay the math in one launch (compiled ones inline it)
+                self._graphs = {norm: cuda_graph(lambda: self._render_math(norm), self._staging.device)
+                                for norm in norms}
+            except Exception as err:
+                log.warning("neuralflow: capturing the frame math as a CUDA graph failed, launching "
+                            "its kernels one by one instead (same picture): %r", err)
         log.info("neuralflow: frame math ready for [%d, %d] on %s in %.2f s", len(self.layers),
                  self.hidden, self._staging.device, time.perf_counter() - started)
 
@@ -279,6 +293,9 @@ class Engine:
             self._token.copy_(ids[self.row, -1:])
         else:
             self._token.fill_(-1)
+        # holding the layer outputs is cheap only for one new position, and safe only without
+        # autograd (no graph kept alive) and on one device (one torch.cat)
+        self._hold = q_len == 1 and self._one_device and not torch.is_grad_enabled()
 
     def _layer_hook(self, i: int):
         last = i == len(self.layers) - 1
@@ -289,11 +306,20 @@ class Engine:
         return hook
 
     def _capture_layer(self, i: int, last: bool, output) -> None:
-        hidden = layer_output(output)[self.row, -1]
-        # detach only when there is a graph to leave (training); generation has none.
-        # (Row views made once would save ~1 us here, but a compiled graph then sees inputs that
-        # alias the staging buffer and treats them all as non-static: no CUDA graphs.)
-        self._staging[i].copy_(hidden.detach() if hidden.requires_grad else hidden)
+        hidden = layer_output(output)
+        # (is_compiling first: compiled code never reads the eager-only flag, so never guards on it)
+        if not torch.compiler.is_compiling() and self._hold:
+            # an eager decode step: keep the [batch, 1, hidden] output, copy all layers at once
+            # below (2 kernel launches per token instead of one per layer)
+            self._held[i] = hidden
+            if last:
+                self._staging.copy_(torch.cat(self._held, dim=1)[self.row])
+        else:
+            hidden = hidden[self.row, -1]
+            # detach only when there is a graph to leave (training); generation has none.
+            # (Row views made once would save ~1 us here, but a compiled graph then sees inputs
+            # that alias the staging buffer and treats them all as non-static: no CUDA graphs.)
+            self._staging[i].copy_(hidden.detach() if hidden.requires_grad else hidden)
         if last:
             self._render()
 
@@ -301,7 +327,11 @@ class Engine:
         norm = self.norm
         if norm == "reference" and not self._ref_ready:
             norm = "seed"  # the first frame renders as seed and becomes the reference
-        self._render_math(norm)
+        graph = None if torch.compiler.is_compiling() else self._graphs.get(norm)
+        if graph is not None:
+            graph.replay()
+        else:
+            self._render_math(norm)
         if norm != self.norm:
             self._ref_lo.copy_(self._lo)
             self._ref_hi.copy_(self._hi)

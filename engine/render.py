@@ -123,8 +123,9 @@ def render_into(states, pixels, lo_out, hi_out, *, width=512, layout="bands", no
                 ref_lo=None, ref_hi=None, fuse=None) -> None:
     """Write the frame of `states` into preallocated `pixels`, `lo_out`, `hi_out` (no sync).
 
-    fuse=None compiles the math into one function on CUDA (inductor fuses it into a few kernels;
-    how many on a GPU is still to be profiled) and runs it eagerly elsewhere.
+    fuse=None compiles the math into one function on CUDA (inductor made 8 kernels of it on an
+    H200) and runs it eagerly elsewhere. For eager callers on CUDA, `cuda_graph` turns a call
+    with fixed buffers into one replayable launch.
     """
     global _fused
     if fuse is None:
@@ -136,6 +137,18 @@ def render_into(states, pixels, lo_out, hi_out, *, width=512, layout="bands", no
         fn = _fused
     with torch.no_grad():  # whatever the caller's grad mode: one compiled variant, not two
         fn(states, ref_lo, ref_hi, pixels, lo_out, hi_out, width, layout, norm)
+
+
+def cuda_graph(fn, device) -> "torch.cuda.CUDAGraph":
+    """The kernels one call of fn() launches, captured as a CUDA graph: graph.replay() runs them
+    again, on the same buffers, in one launch. On an H200 the compiled frame math cost 263 us of
+    host time per call for 9.8 us of device time, and host time is what eager decoding is short
+    of. fn must have run once already (compiled, allocator warm) and must not sync."""
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: CUDA work on other threads (a delivery thread, say) does not break the capture
+    with torch.cuda.device(device), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        fn()
+    return graph
 
 
 def reference_stats(reference, layers: int, device) -> tuple[torch.Tensor, torch.Tensor]:

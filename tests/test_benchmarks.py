@@ -15,7 +15,7 @@ from neuralflow.engine import render
 TINY = suite.SuiteConfig(preset="tiny", new_tokens=2, reps=2, warmup=0, prompt_tokens=4,
                          frame_shape=(3, 100), frame_iters=2, frame_rounds=2, frame_compiled=False,
                          memory_tokens=4, memory_baseline_tokens=4, memory_chunk=2, threads=0,
-                         breakdown_tokens=2, breakdown_reps=2)
+                         breakdown_tokens=2, breakdown_reps=2, hooks_shape=(3, 64), hooks_rounds=2)
 
 
 @pytest.mark.parametrize("shape,width", [((32, 4096), 512), ((7, 1823), 100), ((1, 5), 512), ((3, 64), 64)])
@@ -57,6 +57,9 @@ def test_suite_writes_every_section(tmp_path, monkeypatch):
     assert breakdown["nf:render"]["counts"]["captured"] == 0  # nothing shipped before nf:deliver
     assert breakdown["nf:deliver"]["counts"]["delivered"] == 2 * TINY.breakdown_tokens
     assert "added per token by each stage" in tables(result)
+    hooks = result["hooks"]  # both ways leave the same rows in the staging buffer
+    assert hooks["same_staging"] is True and hooks["us_per_token"]["held"]["n"] == 2
+    assert "Capture hooks per eager decode token" in tables(result)
 
 
 def test_overhead_needs_the_baseline():

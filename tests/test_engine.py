@@ -61,6 +61,31 @@ def test_one_frame_per_forward_equal_to_render(row, batch):
     assert all(a.time_ns <= b.time_ns for a, b in zip(frames, frames[1:]))
 
 
+def test_eager_decode_steps_copy_all_layers_at_once():
+    """In eager decode steps the hooks hold each layer's [batch, 1, hidden] output and copy them
+    all with one torch.cat at the last layer; the frames equal those of per-layer copies (the
+    path prefill, compiled code, autograd and multi-device models take)."""
+    model = tiny("mistral")
+    ids = prompt(batch=2)
+    frames = {True: [], False: []}
+    for hold in (True, False):
+        engine = Engine(model, row=1, width=32, on_frame=frames[hold].append, strict=True)
+        engine.attach()
+        engine._one_device = hold  # False: as for a model split over devices
+        try:
+            greedy(model, ids, 4)
+            held = [h for h in engine._held if h is not None]
+            assert [tuple(h.shape) for h in held] == ([(2, 1, 64)] * 3 if hold else [])
+        finally:
+            engine.detach()
+        assert engine._held == [None] * 3  # let go at detach
+    assert len(frames[True]) == len(frames[False]) == 4
+    for a, b in zip(frames[True], frames[False]):
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+        np.testing.assert_array_equal(a.lo, b.lo)
+        assert a.token_id == b.token_id
+
+
 def test_second_generate_starts_again_at_step_zero():
     model = tiny("llama")
     frames = []
