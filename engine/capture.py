@@ -342,6 +342,7 @@ class Engine:
         self._guarded(self._ship)
 
     def _ship(self) -> None:
+        self._hold = False  # until the next start hook says what the next forward is
         seq = self._seq
         self._seq += 1
         self.stats["captured"] += 1
