@@ -27,8 +27,12 @@ Hooks, engines and the subscriber connection are set up and torn down outside th
 One Engine serves all of a call's neuralflow runs, attached for each run, as a user attaches one
 Engine for a session: code compiled with its hooks, and CUDA graphs recorded on its buffers, are
 reused (a fresh Engine's new buffer addresses would make CUDA graphs re-record in every run).
-Two times per rep (on CUDA the device is synchronized at each boundary):
+Three times per rep (on CUDA the device is synchronized at each boundary):
   wall   the generate call plus any rendering after it, divided by new_tokens;
+  cpu    the generating thread's CPU time over the same span, divided by new_tokens: the host
+         work capture adds to that thread, blind to preemption (a noisy VM's stolen time) and
+         to waiting for the GIL; on CUDA it also counts the host's spin while it waits for the
+         device, so it says most where the host is the bottleneck (eager decoding);
   step   the median interval between consecutive decode forwards (a forward pre-hook on the
          model stamps each start; the last interval ends when generate returns), plus any
          rendering after generate divided by new_tokens. Robust to the seconds-long stalls of a
@@ -67,10 +71,12 @@ VARIANTS = ("none", "neuralflow", "naive", "seed")
 
 @dataclass
 class _Timing:
-    """One rep: wall seconds of the whole call, and seconds per decode step (median, see below)."""
+    """One rep: wall seconds of the whole call, seconds per decode step (median, see below) and
+    the generating thread's CPU seconds for the whole call."""
 
     wall: float
     step: float
+    cpu: float
 
 
 @dataclass
@@ -108,13 +114,14 @@ class _Setup:
         self.starts.clear()
         gc.collect()  # every rep starts from the same garbage state (the seed variant makes plenty)
         self.sync()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         fn()
         self.sync()
-        end = time.perf_counter()
+        end, cpu_end = time.perf_counter(), time.thread_time()
         intervals = np.diff(self.starts[1:] + [self.generated])  # [0] is the prefill
         step = float(np.median(intervals)) if intervals.size else (self.generated - start) / self.new_tokens
-        return _Timing(wall=end - start, step=step + (end - self.generated) / self.new_tokens)
+        return _Timing(wall=end - start, step=step + (end - self.generated) / self.new_tokens,
+                       cpu=cpu_end - cpu_start)
 
 
 def _run_none(s: _Setup) -> tuple[_Timing, dict]:
@@ -288,6 +295,8 @@ def _summarize(sequence: list, infos: dict, new_tokens: int) -> dict:
             "step_ratio": step_ratio,
             "step_overhead_pct": _overhead_pct(step_ratio, variant),
             "fastest_step_ratio": min(t.step for t in reps) / step_none,
+            "cpu_ms": spread([1e3 * t.cpu / new_tokens for t in reps]),
+            "cpu_ratio": _ratios(sequence, variant, "cpu"),
             "counts": total,
         }
     return out

@@ -75,16 +75,18 @@ def overhead_table(o: dict) -> str:
     for name, v in o["variants"].items():
         rows.append([name, f"{v['per_token_ms']['median']:.2f}", *_ratio_cells(v["ratio"]),
                      f"{v['step_ms']['median']:.2f}", *_ratio_cells(v["step_ratio"]),
-                     f"{v['fastest_step_ratio']:.3f}"])
+                     f"{v['fastest_step_ratio']:.3f}", f"{v['cpu_ms']['median']:.2f}",
+                     *_ratio_cells(v["cpu_ratio"])[:2]])
     head = (f"Per-token cost inside generate: {c['new_tokens']} new tokens, {c['reps']} interleaved reps "
             f"(+{c['warmup']} warm-up), {c['device']} {c['dtype']}"
             + (f", {c['generate_kwargs']}" if c.get("generate_kwargs") else ""))
     note = ("wall: whole call / tokens; step: median decode-step interval (+ rendering after generate).\n"
             "ratio: to the adjacent 'none' runs (median, IQR, p10-p90); the 'none' row is the noise "
             "floor (each none run over the previous one).\nfastest: fastest step rep over the fastest "
-            "'none' step rep (interference only adds time).")
+            "'none' step rep (interference only adds time).\ncpu: the generating thread's CPU time "
+            "per token (blind to preemption and GIL waits), its ratio to the adjacent 'none' runs and IQR.")
     header = ["variant", "wall ms/tok", "ratio", "IQR", "p10-p90", "step ms", "ratio", "IQR", "p10-p90",
-              "fastest"]
+              "fastest", "cpu ms", "ratio", "IQR"]
     names = list(o["variants"])
     if "nf:hooks" in names:  # the breakdown: what each stage adds to the median step
         step = [o["variants"][n]["step_ms"]["median"] for n in names]

@@ -39,6 +39,7 @@ def test_suite_writes_every_section(tmp_path, monkeypatch):
     for name, v in overhead["variants"].items():
         assert v["per_token_ms"]["n"] == 2 and v["per_token_ms"]["median"] > 0
         assert v["ratio"]["median"] > 0 and v["ratio"]["p10"] <= v["ratio"]["p90"]
+        assert 0 < v["cpu_ms"]["median"] <= 1.5 * v["per_token_ms"]["p90"]  # one thread's share of the wall
         assert (v["overhead_pct"] is None) == (name == "none")
     counts = overhead["variants"]
     frames = 2 * TINY.new_tokens  # one frame per forward, two reps
