@@ -397,6 +397,9 @@ def main(argv=None) -> int:
     from neuralflow.benchmarks.memory import measure_memory
     from neuralflow.benchmarks.overhead import BREAKDOWN, measure_overhead
 
+    # what overhead:eager leaves for the sections after it (those asked for)
+    later = ((MIN_SECONDS["memory"] if "memory" in args.sections else 0)
+             + (STATIC_RESERVE_S if "overhead:static" in args.sections else 0))
     jobs = {
         "correctness": lambda left: correctness(model, ids, cfg.correctness_steps),
         "frame_op": lambda left: frame_op(args.device, cfg, out_dir, preset.shape),
@@ -404,7 +407,7 @@ def main(argv=None) -> int:
                                                   dtype=getattr(torch, args.dtype), progress=_log),
         "overhead:eager": lambda left: measure_overhead(  # the time memory and static will not need
             model, ids, cfg.new_tokens, cfg.reps, EAGER, warmup=cfg.warmup, progress=_log,
-            deadline=time.monotonic() + max(0.0, left - MIN_SECONDS["memory"] - STATIC_RESERVE_S)),
+            deadline=time.monotonic() + max(0.0, left - later)),
         "overhead:baselines": lambda left: measure_overhead(
             model, ids, cfg.new_tokens, cfg.reps, warmup=cfg.warmup, progress=_log,
             deadline=time.monotonic() + left - 20),

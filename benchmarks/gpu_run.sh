@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU run of benchmarks/gpu.py on the lent device machine (torch and transformers are there,
 # pyzmq and this package are not, and it has no network). From the repository root, here:
-#   echo /.whl/ >> .git/info/exclude
+#   mkdir -p .git/info && echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl pyzmq==27.3.0
@@ -12,6 +12,9 @@
 #   bash benchmarks/gpu_run.sh --sections overhead:static --budget-s 200
 # or, with time to spare, the optional per-stage cost on the GPU:
 #   bash benchmarks/gpu_run.sh --sections overhead:breakdown --budget-s 150
+# The first H200 run (2026-11-27, benchmarks/RESULTS.md) measured memory flat; what is still open
+# is eager overhead (issue 6), so a run can leave memory out and give eager its ~90 s:
+#   bash benchmarks/gpu_run.sh --sections correctness frame_op hooks overhead:eager overhead:static
 # Each section's results are saved as soon as it ends. The inductor and triton caches live in
 # .cache/ here (ignored by git, kept on a warm machine), so such a second call compiles faster.
 # Results land in $OUT (gpu.json, gpu.txt, traces, log.txt.gz).
