@@ -160,6 +160,51 @@ def frame_op(device: str, cfg: GpuConfig, out_dir: Path, shape) -> dict:
     return result
 
 
+class SmClock:
+    """The GPU's SM clock (MHz), sampled from NVML every 50 ms on a thread while a section runs.
+    A lightly loaded GPU (host-bound eager decoding) may clock down between kernels (345 MHz
+    idle against 1980 under load was seen on an H200 here), which would move step times from
+    one rep to the next: this says whether it did. Reads only; the clocks are left alone."""
+
+    def __init__(self, device: str):
+        self.samples: list[int] = []
+        self.error = None
+        self.handle = None
+        if not device.startswith("cuda"):
+            return
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            self.nvml = pynvml
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(torch.device(device).index or 0)
+        except Exception as err:  # no NVML binding or library here
+            self.error = repr(err)
+
+    def __enter__(self):
+        self.stop = threading.Event()
+        if self.handle is not None:
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.05):
+            try:
+                self.samples.append(self.nvml.nvmlDeviceGetClockInfo(self.handle, self.nvml.NVML_CLOCK_SM))
+            except Exception as err:
+                self.error = repr(err)
+                return
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.handle is not None:
+            self.thread.join()
+
+    def report(self) -> dict:
+        from neuralflow.benchmarks.overhead import spread
+        return {**spread(self.samples), **({"error": self.error} if self.error else {})}
+
+
 class _CompileWatch:
     """Collect torch log records about cudagraphs/recompiles and the dynamo/inductor counters."""
 
@@ -352,6 +397,10 @@ def _summary(result: dict) -> str:
     for key, section in result.items():
         if isinstance(section, dict) and "skipped" in section:
             lines.append(f"[{key}] skipped: {section['skipped']}")
+        clock = section.get("sm_clock_mhz", {}) if isinstance(section, dict) else {}
+        if clock.get("n"):
+            lines.append(f"[{key}] SM clock MHz: p10 {clock['p10']:.0f}, median {clock['median']:.0f}, "
+                         f"p90 {clock['p90']:.0f} ({clock['n']} samples)")
     return "\n".join(lines)
 
 
@@ -429,11 +478,13 @@ def main(argv=None) -> int:
             result[name] = {"skipped": f"out of time ({left:.0f} s left, needs ~{limits[name]} s)"}
         else:
             _log(f"[{name}] ({time.monotonic() - started:.0f} s elapsed, {left:.0f} s left)")
-            try:
-                result[name] = jobs[name](left)
-            except Exception:
-                result[name] = {"error": traceback.format_exc()}
-                _log(f"[{name}] failed:\n{result[name]['error']}")
+            with SmClock(args.device) as clock:
+                try:
+                    result[name] = jobs[name](left)
+                except Exception:
+                    result[name] = {"error": traceback.format_exc()}
+                    _log(f"[{name}] failed:\n{result[name]['error']}")
+            result[name]["sm_clock_mhz"] = clock.report()
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()
         save()

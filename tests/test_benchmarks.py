@@ -109,3 +109,30 @@ def test_gpu_sync_check_finds_syncs_made_by_engine_code(monkeypatch):
     syncs = gpu.engine_syncs(generate)
     assert syncs["syncs_on_generating_thread"] == 2 and syncs["syncs_in_engine_code"] == 1
     assert syncs["engine_sync_sites"][0].endswith(" hook")
+
+
+def test_gpu_sm_clock_sampler_reads_nvml_while_a_section_runs(monkeypatch):
+    """SmClock with a stand-in NVML: samples arrive while the block runs and stop after it; on
+    a device without NVML (the CPU) it reports nothing rather than failing."""
+    import sys
+    import time
+    import types
+
+    from neuralflow.benchmarks.gpu import SmClock
+
+    clocks = iter(range(1000, 2000, 10))
+    fake = types.SimpleNamespace(NVML_CLOCK_SM=0, nvmlInit=lambda: None,
+                                 nvmlDeviceGetHandleByIndex=lambda index: ("gpu", index),
+                                 nvmlDeviceGetClockInfo=lambda handle, kind: next(clocks))
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    with SmClock("cuda:0") as clock:
+        deadline = time.monotonic() + 10
+        while len(clock.samples) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    report, count = clock.report(), len(clock.samples)
+    assert report["n"] == count >= 3 and report["p10"] >= 1000 and report["median"] > report["p10"]
+    time.sleep(0.2)
+    assert len(clock.samples) == count  # the sampler stopped with the block
+    with SmClock("cpu") as idle:
+        pass
+    assert idle.report() == {}
