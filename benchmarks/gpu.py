@@ -7,7 +7,8 @@
 Sections, in this order (each in try/except: a failure is recorded and the next one runs; the
 JSON and the table are rewritten after every section, so a run cut short keeps what it got):
   correctness      Engine frames against `render` of the same states recorded independently
-                   by a second set of hooks during the same generate (a few steps), and the
+                   by a second set of hooks during the same generate (a few steps; seed and
+                   reference norms, the two frame-math variants an Engine may replay), and the
                    host syncs engine code makes on the generating thread (must be none);
   frame_op         the [32, 4096] frame op, ours (compiled) against eager torch, device time
                    from CUDA events; plus a torch.profiler listing of what one call launches;
@@ -84,32 +85,52 @@ def _log(message: str) -> None:
 
 
 def correctness(model, ids, steps: int) -> dict:
-    """Engine frames vs render() and the numpy baseline on the same, independently recorded states."""
-    from neuralflow.benchmarks.baselines import numpy_frame
+    """Engine frames vs render() and the numpy baseline on the same, independently recorded states:
+    with the seed norm, and with norm="reference" (the first frame's statistics frozen), the two
+    variants of the frame math the Engine captures as CUDA graphs for eager forwards."""
     from neuralflow.benchmarks.models import greedy_kwargs
-    from neuralflow.engine import Engine, render
+    from neuralflow.engine import Engine
     from neuralflow.engine.layers import last_token_outputs
 
-    frames = []
-    with Engine(model, on_frame=frames.append, strict=True) as engine:
-        with last_token_outputs(model) as recorded:  # independent hooks, cloned states
-            syncs = engine_syncs(lambda: model.generate(ids, **greedy_kwargs(steps)))
-    rows = []
-    for frame, states in zip(frames, recorded):
-        want = render(states)
-        ours, ref = frame.pixels.astype(np.int16), want.pixels.cpu().numpy().astype(np.int16)
-        host = numpy_frame(states.cpu().numpy()).astype(np.int16)
-        rel = lambda a, b: float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
-        rows.append({"step": frame.step, "pixels_differing": float(np.mean(ours != ref)),
-                     "max_pixel_diff": int(np.max(np.abs(ours - ref))),
-                     "lo_rel_diff": rel(frame.lo, want.lo.cpu().numpy()),
-                     "hi_rel_diff": rel(frame.hi, want.hi.cpu().numpy()),
-                     "numpy_baseline_pixels_differing": float(np.mean(host != ref))})
-    ok = (len(frames) == len(recorded) == steps and engine.error is None
-          and all(r["pixels_differing"] <= 1e-3 and r["lo_rel_diff"] <= 1e-4 for r in rows))
+    runs = {}
+    for norm in ("seed", "reference"):
+        frames = []
+        with Engine(model, norm=norm, on_frame=frames.append, strict=True) as engine:
+            with last_token_outputs(model) as recorded:  # independent hooks, cloned states
+                syncs = engine_syncs(lambda: model.generate(ids, **greedy_kwargs(steps)))
+        runs[norm] = (frames, recorded, engine, syncs)
+    (frames, recorded, engine, syncs), (ref_frames, ref_recorded, ref_engine, _) = runs.values()
+    rows = _compare(frames, recorded)
+    ref_rows = _compare(ref_frames, ref_recorded, norm="reference",
+                        reference=(ref_frames[0].lo, ref_frames[0].hi) if ref_frames else None)
+    good = lambda r: r["pixels_differing"] <= 1e-3 and r["lo_rel_diff"] <= 1e-4
+    ok = (len(frames) == len(recorded) == len(ref_frames) == len(ref_recorded) == steps
+          and engine.error is None and ref_engine.error is None and all(map(good, rows + ref_rows)))
     return {"ok": bool(ok), "frames": len(frames), "recorded": len(recorded), "syncs": syncs,
             "engine_stats": {k: v for k, v in engine.stats.items() if not isinstance(v, dict)},
-            "steps": rows, "tolerance": "pixels differing <= 0.1 %, lo/hi relative diff <= 1e-4"}
+            "steps": rows, "reference_norm_steps": ref_rows,
+            "tolerance": "pixels differing <= 0.1 %, lo/hi relative diff <= 1e-4"}
+
+
+def _compare(frames, recorded, **render_kwargs) -> list[dict]:
+    """Per step: how far each Engine frame is from render() of the recorded states."""
+    from neuralflow.benchmarks.baselines import numpy_frame
+    from neuralflow.engine import render
+
+    rel = lambda a, b: float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
+    rows = []
+    for frame, states in zip(frames, recorded):
+        want = render(states, **render_kwargs)
+        ours, ref = frame.pixels.astype(np.int16), want.pixels.cpu().numpy().astype(np.int16)
+        row = {"step": frame.step, "pixels_differing": float(np.mean(ours != ref)),
+               "max_pixel_diff": int(np.max(np.abs(ours - ref))),
+               "lo_rel_diff": rel(frame.lo, want.lo.cpu().numpy()),
+               "hi_rel_diff": rel(frame.hi, want.hi.cpu().numpy())}
+        if not render_kwargs:  # the numpy baseline draws the seed norm only
+            host = numpy_frame(states.cpu().numpy()).astype(np.int16)
+            row["numpy_baseline_pixels_differing"] = float(np.mean(host != ref))
+        rows.append(row)
+    return rows
 
 
 def engine_syncs(run) -> dict:
@@ -364,7 +385,8 @@ def _summary(result: dict) -> str:
     lines = ["goals: " + line for line in goals(result)]
     c = result.get("correctness", {})
     if "ok" in c:
-        worst = max((r["pixels_differing"] for r in c["steps"]), default=0.0)
+        worst = max((r["pixels_differing"] for r in c["steps"] + c.get("reference_norm_steps", [])),
+                    default=0.0)
         lines.append(f"correctness: ok={c['ok']} frames={c['frames']} recorded={c['recorded']} "
                      f"worst pixels differing={worst:.2e} ({c['tolerance']})")
         syncs = c.get("syncs", {})
