@@ -112,20 +112,24 @@ def correctness(model, ids, steps: int) -> dict:
             "tolerance": "pixels differing <= 0.1 %, lo/hi relative diff <= 1e-4"}
 
 
+def _rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest |a - b| / |b| over the entries (per-layer lo or hi)."""
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
+
+
 def _compare(frames, recorded, **render_kwargs) -> list[dict]:
     """Per step: how far each Engine frame is from render() of the recorded states."""
     from neuralflow.benchmarks.baselines import numpy_frame
     from neuralflow.engine import render
 
-    rel = lambda a, b: float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
     rows = []
     for frame, states in zip(frames, recorded):
         want = render(states, **render_kwargs)
         ours, ref = frame.pixels.astype(np.int16), want.pixels.cpu().numpy().astype(np.int16)
         row = {"step": frame.step, "pixels_differing": float(np.mean(ours != ref)),
                "max_pixel_diff": int(np.max(np.abs(ours - ref))),
-               "lo_rel_diff": rel(frame.lo, want.lo.cpu().numpy()),
-               "hi_rel_diff": rel(frame.hi, want.hi.cpu().numpy())}
+               "lo_rel_diff": _rel_diff(frame.lo, want.lo.cpu().numpy()),
+               "hi_rel_diff": _rel_diff(frame.hi, want.hi.cpu().numpy())}
         if not render_kwargs:  # the numpy baseline draws the seed norm only
             host = numpy_frame(states.cpu().numpy()).astype(np.int16)
             row["numpy_baseline_pixels_differing"] = float(np.mean(host != ref))
@@ -313,7 +317,7 @@ def _static_frames_vs_eager(model, ids, steps: int) -> dict:
         if a.token_id != b.token_id:
             break
         rows.append({"step": a.step, "pixels_differing": float(np.mean(a.pixels != b.pixels)),
-                     "lo_rel_diff": float(np.max(np.abs(a.lo - b.lo) / np.maximum(np.abs(b.lo), 1e-30)))})
+                     "lo_rel_diff": _rel_diff(a.lo, b.lo)})
     return {"static_frames": len(static), "eager_frames": len(eager), "expected": steps,
             "static_error": repr(static_error) if static_error else None, "compared": rows,
             "max_pixels_differing": max((r["pixels_differing"] for r in rows), default=None)}

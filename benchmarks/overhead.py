@@ -156,10 +156,7 @@ class _UnbatchedEngine(Engine):
     def _warm_up(self) -> None:
         super()._warm_up()
         self._graphs = {}
-
-    def _start(self, args, kwargs) -> None:
-        super()._start(args, kwargs)
-        self._hold = False
+        self._one_device = False  # the per-layer copies, as for a model split over devices
 
 
 def _engine(s: _Setup, variant: str) -> Engine:
