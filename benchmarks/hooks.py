@@ -1,7 +1,17 @@
-"""The capture hooks alone: host time per token of the Engine's start hook and its layer hooks
-(frame math and shipping switched off), in an eager decode step, two ways, interleaved:
-  held    what the Engine does: each layer's output is held and all are copied at once
-  copied  what it did before (and still does in prefill and compiled code): one copy per layer
+"""The Engine's own work per token, with no model run around it: host time per eager decode
+token of its hooks called directly, three ways, interleaved:
+  held    the start hook and the layer hooks (frame math and shipping switched off), as the
+          Engine does it: each layer's output is held and all are copied at once
+  copied  the same, as it did before (and still does in prefill and compiled code): one copy
+          per layer
+  engine  everything the Engine adds to the generating thread: held, plus the frame math (a
+          CUDA graph replay on CUDA) and shipping to the pinned ring at the model's end hook,
+          with the delivery thread running and handing frames to a no-op sink (the ring has a
+          slot per token of a block, so nothing is dropped; the block's frames are delivered
+          before the next block starts, untimed)
+"engine" divided by a decode step's time is the Engine's direct cost, free of the run-to-run
+noise of timing whole generate calls (overhead.py); it leaves out what the Engine costs
+indirectly (the delivery thread's turns at the GIL while the model runs, cache effects).
 
     from neuralflow.benchmarks.hooks import measure_token_hooks
     measure_token_hooks(layers=32, hidden=4096, device="cpu")    # Mistral-7B's shape
@@ -20,7 +30,7 @@ import torch
 
 from neuralflow.benchmarks.overhead import _PartialEngine, spread
 
-WAYS = ("held", "copied")
+WAYS = ("held", "copied", "engine")
 
 
 def thin_mistral(layers: int, hidden: int, device="cpu", dtype=torch.bfloat16) -> torch.nn.Module:
@@ -36,9 +46,10 @@ def thin_mistral(layers: int, hidden: int, device="cpu", dtype=torch.bfloat16) -
 
 def measure_token_hooks(layers: int = 32, hidden: int = 4096, device="cpu", dtype=torch.bfloat16, *,
                         tokens: int = 50, rounds: int = 40, progress=None) -> dict:
-    """Microseconds per token for each way, and held / copied per round (A B, B A, ...)."""
+    """Microseconds per token for each way, and held / copied per round (the ways' order
+    reversed every round)."""
     device = torch.device(device)
-    engine = _PartialEngine(thin_mistral(layers, hidden, device, dtype), "hooks")
+    engine = _PartialEngine(thin_mistral(layers, hidden, device, dtype), "hooks", slots=tokens + 2)
     g = torch.Generator().manual_seed(0)
     outputs = [torch.randn(1, 1, hidden, generator=g).to(device, dtype) for _ in range(layers)]
     ids, cache = torch.tensor([[5]], device=device), object()  # one known cache: decode steps
@@ -47,15 +58,20 @@ def measure_token_hooks(layers: int = 32, hidden: int = 4096, device="cpu", dtyp
         engine._start((ids,), {"past_key_values": cache})
         for hook, output in zip(engine._layer_hooks, outputs):
             hook(None, None, output)
+        if engine.upto == "deliver":
+            engine._end_hook(None, None, None)
 
     def block(way: str) -> float:
-        engine._one_device = way == "held"  # False: the per-layer copies, as for a split model
+        engine._one_device = way != "copied"  # False: the per-layer copies, as for a split model
+        engine.upto = "deliver" if way == "engine" else "hooks"
         start = time.perf_counter()
         for _ in range(tokens):
             token()
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # sync point: end of a timed block
-        return (time.perf_counter() - start) / tokens
+        took = (time.perf_counter() - start) / tokens
+        _drain(engine)
+        return took
 
     per_token = {way: [] for way in WAYS}
     staged = {}
@@ -77,4 +93,15 @@ def measure_token_hooks(layers: int = 32, hidden: int = 4096, device="cpu", dtyp
             "tokens": tokens, "rounds": rounds,
             "us_per_token": {w: spread([1e6 * t for t in v]) for w, v in per_token.items()},
             "ratio_held_to_copied": spread([a / b for a, b in zip(per_token["held"], per_token["copied"])]),
-            "same_staging": bool(torch.equal(staged["held"], staged["copied"]))}
+            "same_staging": bool(torch.equal(staged["held"], staged["copied"])),
+            "engine_frames": {k: engine.stats[k] for k in ("captured", "delivered", "dropped")}}
+
+
+def _drain(engine, timeout: float = 30.0) -> None:
+    """Wait until the delivery thread has handed on every frame shipped so far."""
+    give_up = time.monotonic() + timeout
+    stats = engine.stats
+    while stats["delivered"] + stats["dropped"] < stats["captured"]:
+        if time.monotonic() > give_up or engine.error is not None:
+            raise RuntimeError(f"frames not delivered after {timeout} s: {stats} {engine.error!r}")
+        time.sleep(0.001)

@@ -128,9 +128,12 @@ def memory_table(m: dict) -> str:
 
 def hooks_table(h: dict) -> str:
     rows = [[way, f"{t['median']:.1f}", f"{t['p10']:.1f}-{t['p90']:.1f}"] for way, t in h["us_per_token"].items()]
+    frames = h.get("engine_frames", {})
     head = (f"Capture hooks per eager decode token ({h['layers']} layers x {h['hidden']}, {h['device']} "
-            f"{h['dtype']}, frame math off), {h['rounds']} alternating rounds x {h['tokens']} tokens; "
-            f"held / copied {' '.join(_ratio_cells(h['ratio_held_to_copied']))}; same staging: {h['same_staging']}")
+            f"{h['dtype']}; held and copied: hooks only, engine: all the Engine does), {h['rounds']} "
+            f"alternating rounds x {h['tokens']} tokens; held / copied "
+            f"{' '.join(_ratio_cells(h['ratio_held_to_copied']))}; same staging: {h['same_staging']}"
+            + (f"; engine frames delivered {frames['delivered']}/{frames['captured']}" if frames else ""))
     return head + "\n" + _table(["way", "us/token", "p10-p90"], rows)
 
 

@@ -60,6 +60,8 @@ def test_suite_writes_every_section(tmp_path, monkeypatch):
     assert "added per token by each stage" in tables(result)
     hooks = result["hooks"]  # both ways leave the same rows in the staging buffer
     assert hooks["same_staging"] is True and hooks["us_per_token"]["held"]["n"] == 2
+    # the engine way ships every frame and the delivery thread hands each one on
+    assert hooks["engine_frames"]["delivered"] == hooks["engine_frames"]["captured"] > 0
     assert "Capture hooks per eager decode token" in tables(result)
 
 
@@ -89,7 +91,9 @@ def test_gpu_script_dry_run_fills_every_section(tmp_path):
     assert result["memory"]["neuralflow"]["tokens"][-1] == 12  # (too few to judge flatness)
     text = (tmp_path / "gpu.txt").read_text()
     assert "correctness: ok=True" in text
-    assert sum(line.startswith("goals: ") for line in text.splitlines()) == 4  # eager, static, frame op, memory
+    goals = [line for line in text.splitlines() if line.startswith("goals: ")]
+    assert len(goals) == 5, goals  # eager (from the A/B and from the direct cost), static, frame op, memory
+    assert "the Engine's direct cost" in goals[1]
 
 
 def test_gpu_sync_check_finds_syncs_made_by_engine_code(monkeypatch):
