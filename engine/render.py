@@ -19,11 +19,13 @@ What the seed computes (DESIGN.md), and the modes we add:
      consecutive rows (row = layer * chunks + k).
 
 `render` allocates its result; the engine's hooks call `render_into` with buffers they
-allocated once. On CUDA the math runs as one torch.compile'd function (fixed shapes).
+allocated once. On CUDA the math runs as one torch.compile'd function (fixed shapes); on the
+CPU as eager ops that skip the NaN/inf masking when a sum shows there is nothing to mask.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -110,6 +112,40 @@ def _frame_math(states, ref_lo, ref_hi, pixels, lo_out, hi_out, width: int, layo
     hi_out.copy_(hi)
 
 
+def _host_frame_math(states, ref_lo, ref_hi, pixels, lo_out, hi_out, width: int, layout: str,
+                     norm: str):
+    """_frame_math's picture, bit for bit, faster for CPU tensors (0.65x its time at 8 x 1024,
+    0.6x at 32 x 4096): a CPU value is read back for free, so the NaN/inf masking runs only when
+    a sum says there is a non-finite value, and the rest works in place. Device code cannot
+    branch on data without a sync, so CUDA runs _frame_math."""
+    x = states.float()
+    if norm == "reference":
+        lo, hi, total = ref_lo, ref_hi, x.sum()
+    else:
+        per_layer = norm == "layer"
+        dim = 1 if per_layer else None
+        sums = x.sum(dim=dim)
+        total = sums.sum()
+        n = x.shape[1] if per_layer else x.numel()
+        mean = sums / n
+        # seed_stats' formula with no entry left out: same float32 ops, same results
+        var = (x - (mean[:, None] if per_layer else mean)).square_().sum(dim=dim) / max(n - 1, 1)
+        lo, hi = mean - SPREAD * var, mean + SPREAD * var
+        if not per_layer:
+            lo, hi = lo.expand(x.shape[0]), hi.expand(x.shape[0])
+    span = (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)
+    # a sum is finite only if every term is (or overflows: the masked path then, same picture)
+    if not (math.isfinite(float(total)) and math.isfinite(float(span.sum()))):
+        _frame_math(states, ref_lo, ref_hi, pixels, lo_out, hi_out, width, layout, norm)
+        return
+    # finite x, lo and span: t is finite or +inf, never NaN; after the clamp, the conversion
+    # to uint8 truncates, which is quantize's floor on 0..255
+    t = x.abs().sub_(lo[:, None]).div_(span[:, None]).mul_(255.0).clamp_(0.0, float(OVERFLOW))
+    pixels.copy_(tile(t, width, layout))
+    lo_out.copy_(lo)
+    hi_out.copy_(hi)
+
+
 _fused = None
 
 
@@ -124,13 +160,15 @@ def render_into(states, pixels, lo_out, hi_out, *, width=512, layout="bands", no
     """Write the frame of `states` into preallocated `pixels`, `lo_out`, `hi_out` (no sync).
 
     fuse=None compiles the math into one function on CUDA (inductor made 8 kernels of it on an
-    H200) and runs it eagerly elsewhere. For eager callers on CUDA, `cuda_graph` turns a call
+    H200) and runs it eagerly elsewhere (`_host_frame_math` on the CPU). For eager callers on CUDA, `cuda_graph` turns a call
     with fixed buffers into one replayable launch.
     """
     global _fused
     if fuse is None:
         fuse = fused_by_default(states.device)
-    fn = _frame_math
+    # (a data-dependent branch would break a compiled caller's graph: the masked math inlines)
+    host = states.device.type == "cpu" and not torch.compiler.is_compiling()
+    fn = _host_frame_math if host else _frame_math
     if fuse:
         if _fused is None:
             _fused = torch.compile(_frame_math, dynamic=False, fullgraph=True)

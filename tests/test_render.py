@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from neuralflow.engine import render
-from neuralflow.engine.render import frame_shape, render_into
+from neuralflow.engine.render import _frame_math, _host_frame_math, frame_shape, render_into
 
 SEED = np.random.SeedSequence().entropy  # fresh inputs every run
 RNG = np.random.default_rng(SEED)
@@ -188,3 +188,46 @@ def test_compiled_frame_op_equals_eager(layers, hidden, width, layout, norm):
     assert torch.equal(pixels, want.pixels)
     torch.testing.assert_close(lo, want.lo, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(hi, want.hi, rtol=1e-5, atol=1e-7)
+
+
+def _both_paths(x, width, layout, norm, ref=(None, None)):
+    """(host path, masked path) outputs: pixels, lo, hi for the same inputs."""
+    layers, hidden = x.shape
+    outs = []
+    for math_fn in (_host_frame_math, _frame_math):
+        out = (torch.full(frame_shape(layers, hidden, width), 7, dtype=torch.uint8),
+               torch.full((layers,), 7.0), torch.full((layers,), 7.0))
+        math_fn(x, *ref, *out, width, layout, norm)
+        outs.append(out)
+    return outs
+
+
+@pytest.mark.parametrize("layers,hidden,width", [(32, 4096, 512), (3, 1000, 512), (2, 7, 3), (5, 1, 4)])
+@pytest.mark.parametrize("layout", ["bands", "layers"])
+@pytest.mark.parametrize("norm", ["seed", "layer", "reference"])
+def test_cpu_fast_path_is_the_masked_math_bit_for_bit(layers, hidden, width, layout, norm):
+    """The CPU's fast path skips the NaN/inf masking on finite states: same frame, same stats."""
+    x = torch.from_numpy(states(layers, hidden))
+    ref = (torch.full((layers,), -0.05), torch.linspace(0.1, 2.0, layers))
+    host, masked = _both_paths(x, width, layout, norm, ref)
+    for got, want in zip(host, masked):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("norm", ["seed", "layer", "reference"])
+@pytest.mark.parametrize("poison", ["nan", "inf", "-inf", "huge"])
+def test_cpu_fast_path_falls_back_on_non_finite_values(norm, poison):
+    """NaN/inf states, or statistics that overflow float32 (hi - lo = inf), take the masked
+    math: the overflow mark where the fast path's arithmetic would make NaN."""
+    x = torch.from_numpy(states(4, 300))
+    if poison == "huge":  # variance ~1e76: lo, hi overflow to -inf, +inf
+        x[2, 17] = 3e37
+    else:
+        x[2, 17] = float(poison)
+    ref = (torch.full((4,), -float("inf")), torch.full((4,), float("inf"))) if poison == "huge" \
+        else (torch.zeros(4), torch.ones(4))
+    host, masked = _both_paths(x, 128, "bands", norm, ref)
+    assert torch.equal(host[0], masked[0])
+    torch.testing.assert_close(host[1], masked[1], equal_nan=True)
+    torch.testing.assert_close(host[2], masked[2], equal_nan=True)
+    assert host[0][(17 // 128) * 4 + 2, 17 % 128] == 255  # bands: row = chunk * layers + layer
