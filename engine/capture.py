@@ -29,7 +29,6 @@ import time
 import weakref
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from neuralflow.engine.layers import (decoder_layers, hidden_size, layer_output, model_name,
@@ -406,8 +405,9 @@ class Engine:
         means the layer hooks did not run (compiled code that skips them; a new position alone
         changes the states): say so once, never silently."""
         last, self._last_frame = self._last_frame, frame
-        if (frame.step > 0 and last is not None and np.array_equal(frame.lo, last.lo)
-                and np.array_equal(frame.hi, last.hi) and np.array_equal(frame.pixels, last.pixels)):
+        if (frame.step > 0 and last is not None and frame.lo.tobytes() == last.lo.tobytes()
+                and frame.hi.tobytes() == last.hi.tobytes()
+                and frame.pixels.tobytes() == last.pixels.tobytes()):
             self.stats["stale"] += 1
             if self.stats["stale"] == 1:
                 log.error("neuralflow: step %d repeats the previous frame exactly: the layer hooks "
