@@ -114,10 +114,11 @@ def _frame_math(states, ref_lo, ref_hi, pixels, lo_out, hi_out, width: int, layo
 
 def _host_frame_math(states, ref_lo, ref_hi, pixels, lo_out, hi_out, width: int, layout: str,
                      norm: str):
-    """_frame_math's picture, bit for bit, faster for CPU tensors (0.65x its time at 8 x 1024,
-    0.6x at 32 x 4096): a CPU value is read back for free, so the NaN/inf masking runs only when
-    a sum says there is a non-finite value, and the rest works in place. Device code cannot
-    branch on data without a sync, so CUDA runs _frame_math."""
+    """_frame_math's picture, bit for bit, faster for CPU tensors: a CPU value is read back for
+    free, so the NaN/inf masking runs only when a sum says there is a non-finite value, and the
+    rest works in place. 0.63x _frame_math's time alone at 8 x 1024 and 32 x 4096, 0.85x inside
+    a layer hook, where each op starts with cold caches (benchmarks/RESULTS.md). Device code
+    cannot branch on data without a sync, so CUDA runs _frame_math."""
     x = states.float()
     if norm == "reference":
         lo, hi, total = ref_lo, ref_hi, x.sum()
@@ -157,11 +158,12 @@ def fused_by_default(device: torch.device) -> bool:
 
 def render_into(states, pixels, lo_out, hi_out, *, width=512, layout="bands", norm="seed",
                 ref_lo=None, ref_hi=None, fuse=None) -> None:
-    """Write the frame of `states` into preallocated `pixels`, `lo_out`, `hi_out` (no sync).
+    """Write the frame of `states` into preallocated `pixels`, `lo_out`, `hi_out` (no device
+    sync).
 
     fuse=None compiles the math into one function on CUDA (inductor made 8 kernels of it on an
-    H200) and runs it eagerly elsewhere (`_host_frame_math` on the CPU). For eager callers on CUDA, `cuda_graph` turns a call
-    with fixed buffers into one replayable launch.
+    H200) and runs it eagerly elsewhere (`_host_frame_math` on the CPU). For eager callers on
+    CUDA, `cuda_graph` turns a call with fixed buffers into one replayable launch.
     """
     global _fused
     if fuse is None:
