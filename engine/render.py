@@ -120,23 +120,22 @@ def _host_frame_math(states, ref_lo, ref_hi, pixels, lo_out, hi_out, width: int,
     a layer hook, where each op starts with cold caches (benchmarks/RESULTS.md). Device code
     cannot branch on data without a sync, so CUDA runs _frame_math."""
     x = states.float()
-    if norm == "reference":
-        lo, hi, total = ref_lo, ref_hi, x.sum()
+    if norm == "reference":  # a sum is finite only if every term is (or it overflows)
+        lo, hi, finite = ref_lo, ref_hi, math.isfinite(float(x.sum()))
     else:
         per_layer = norm == "layer"
         dim = 1 if per_layer else None
-        sums = x.sum(dim=dim)
-        total = sums.sum()
         n = x.shape[1] if per_layer else x.numel()
-        mean = sums / n
+        mean = x.sum(dim=dim) / n
         # seed_stats' formula with no entry left out: same float32 ops, same results
         var = (x - (mean[:, None] if per_layer else mean)).square_().sum(dim=dim) / max(n - 1, 1)
         lo, hi = mean - SPREAD * var, mean + SPREAD * var
         if not per_layer:
             lo, hi = lo.expand(x.shape[0]), hi.expand(x.shape[0])
+        finite = True  # a NaN/inf entry makes its mean, so lo and hi, non-finite: checked below
     span = (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)
-    # a sum is finite only if every term is (or overflows: the masked path then, same picture)
-    if not (math.isfinite(float(total)) and math.isfinite(float(span.sum()))):
+    # non-finite statistics, whatever the cause (states, an overflow): the masked math
+    if not (finite and math.isfinite(float(span.sum()))):
         _frame_math(states, ref_lo, ref_hi, pixels, lo_out, hi_out, width, layout, norm)
         return
     # finite x, lo and span: t is finite or +inf, never NaN; after the clamp, the conversion
