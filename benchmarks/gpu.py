@@ -19,7 +19,9 @@ JSON and the table are rewritten after every section, so a run cut short keeps w
                    the Engine's direct cost, a second eager estimate free of run-to-run noise;
   overhead:eager   eager generate, 128 new tokens, none / neuralflow / nf:unbatched interleaved
                    (nf:unbatched: the engine of the first H200 run, one copy launch per layer and
-                   no CUDA graph for the frame math: the A/B of that change);
+                   no CUDA graph for the frame math: the A/B of that change); also the delivery
+                   thread's CPU time per frame (Engine.stats), which added to the direct cost
+                   bounds the Engine's share cautiously (its Python work holds the GIL);
   memory           CUDA and host memory added by capture over 1,000 tokens;
   overhead:static  generate(cache_implementation="static") (auto-compiled, CUDA graphs), none /
                    neuralflow interleaved; logs mentioning cudagraphs, the inductor's cudagraph
@@ -371,14 +373,20 @@ def goals(result: dict) -> list[str]:
 
     overhead("overhead:eager", "eager")
     engine_us = result.get("hooks", {}).get("us_per_token", {}).get("engine", {}).get("median")
-    none_steps = result.get("overhead:eager", {}).get("raw_step_ms", {}).get("none")
+    eager = result.get("overhead:eager", {})
+    none_steps = eager.get("raw_step_ms", {}).get("none")
     if engine_us and none_steps:  # over the fastest "none" step: the larger, more cautious share
         fastest = min(none_steps)
-        pct = engine_us / (10 * fastest)  # us over ms, as a percentage
+        share = lambda us: f"{us / (10 * fastest):.2f} %: {'met' if us <= 10 * fastest else 'missed'}"
         lines.append(f"eager overhead <= 1 %, the Engine's direct cost: {engine_us:.0f} us of host time "
                      f"per token (hooks section, 'engine') over the fastest none step "
-                     f"({fastest:.2f} ms) = {pct:.2f} %: {'met' if pct <= 1 else 'missed'} "
-                     "(not counted: the delivery thread's turns at the GIL during the forward)")
+                     f"({fastest:.2f} ms) = {share(engine_us)}")
+        delivery = eager.get("variants", {}).get("neuralflow", {}).get("delivery_cpu_us", {}).get("median")
+        if delivery:  # its Python work holds the GIL that the host-bound generating thread needs
+            lines.append(f"eager overhead <= 1 %, a cautious bound: the direct cost plus all of the "
+                         f"delivery thread's CPU time per frame during the eager generates ({delivery:.0f} "
+                         f"us, live subscriber), as if all taken from the generating thread: "
+                         f"{engine_us + delivery:.0f} us = {share(engine_us + delivery)}")
     overhead("overhead:static", "compiled (static cache)")
     frame = result.get("frame_op", {})
     device_us = frame.get("profiled_device_us", {}).get("neuralflow")

@@ -296,6 +296,9 @@ def _summarize(sequence: list, infos: dict, new_tokens: int) -> dict:
             "cpu_ratio": _ratios(sequence, variant, "cpu"),
             "counts": total,
         }
+        delivered = [(i["delivery_cpu_s"], i["delivered"]) for i in infos[variant] if i.get("delivered")]
+        if delivered:  # the delivery thread's CPU time per frame, run by run
+            out[variant]["delivery_cpu_us"] = spread([1e6 * cpu / n for cpu, n in delivered])
     return out
 
 

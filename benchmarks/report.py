@@ -88,6 +88,10 @@ def overhead_table(o: dict) -> str:
     header = ["variant", "wall ms/tok", "ratio", "IQR", "p10-p90", "step ms", "ratio", "IQR", "p10-p90",
               "fastest", "cpu ms", "ratio", "IQR"]
     names = list(o["variants"])
+    delivery = {n: v["delivery_cpu_us"] for n, v in o["variants"].items() if v.get("delivery_cpu_us")}
+    if delivery:
+        note += "\ndelivery thread's CPU time per frame (us, median and p10-p90 over runs): " + ", ".join(
+            f"{n} {d['median']:.0f} ({d['p10']:.0f}-{d['p90']:.0f})" for n, d in delivery.items())
     if "nf:hooks" in names:  # the breakdown: what each stage adds to the median step
         step = [o["variants"][n]["step_ms"]["median"] for n in names]
         note += "\nadded per token by each stage (step ms): " + ", ".join(

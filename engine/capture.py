@@ -98,7 +98,8 @@ class Engine:
         self.sinks = [on_frame] if on_frame else []
         self.publish_endpoint = publish
         self.publisher = None
-        self.stats = {"captured": 0, "delivered": 0, "dropped": 0, "sink_errors": 0, "stale": 0}
+        self.stats = {"captured": 0, "delivered": 0, "dropped": 0, "sink_errors": 0, "stale": 0,
+                      "delivery_cpu_s": 0.0}
         self.error: BaseException | None = None
         self._handles: list = []
         self._thread: threading.Thread | None = None
@@ -205,7 +206,9 @@ class Engine:
             return torch.empty(like.shape, dtype=like.dtype, pin_memory=cuda)
 
         self._slots = [_Slot(host(self._pixels), host(self._lo), host(self._hi), host(self._token),
-                             torch.cuda.Event() if cuda else None) for _ in range(self.n_slots)]
+                             # blocking: the delivery thread sleeps while it waits, not spins
+                             torch.cuda.Event(blocking=True) if cuda else None)
+                       for _ in range(self.n_slots)]
         self._warm_up()
         self._allocated = True  # only once everything above worked
 
@@ -367,23 +370,30 @@ class Engine:
             shipped = self._filled.get()
             if shipped is None:
                 return
+            # this thread's CPU time (the wait for the copies sleeps): mostly Python work, which
+            # holds the GIL that a host-bound generating thread needs too
+            started = time.thread_time_ns()
+            self._hand_on(shipped)
+            self.stats["delivery_cpu_s"] += (time.thread_time_ns() - started) * 1e-9
+
+    def _hand_on(self, shipped: _Shipped) -> None:
+        try:
+            frame = self._unpack(shipped)
+        except Exception as err:
+            self._consumer_failed("building a frame", err)
+            return
+        if self.tokenizer is not None and frame.token_id >= 0:
             try:
-                frame = self._unpack(shipped)
-            except Exception as err:
-                self._consumer_failed("building a frame", err)
-                continue
-            if self.tokenizer is not None and frame.token_id >= 0:
-                try:
-                    frame.meta["token"] = self.tokenizer.decode([frame.token_id])
-                except Exception as err:  # the frame goes out without its token text
-                    self._consumer_failed("decoding a token", err)
-            self._check_fresh(frame)
-            self.stats["delivered"] += 1
-            for sink in list(self.sinks):
-                try:
-                    sink(frame)
-                except Exception as err:  # a broken consumer never stops delivery
-                    self._consumer_failed(f"frame consumer {sink!r}", err)
+                frame.meta["token"] = self.tokenizer.decode([frame.token_id])
+            except Exception as err:  # the frame goes out without its token text
+                self._consumer_failed("decoding a token", err)
+        self._check_fresh(frame)
+        self.stats["delivered"] += 1
+        for sink in list(self.sinks):
+            try:
+                sink(frame)
+            except Exception as err:  # a broken consumer never stops delivery
+                self._consumer_failed(f"frame consumer {sink!r}", err)
 
     def _unpack(self, shipped: _Shipped) -> Frame:
         slot = shipped.slot

@@ -92,8 +92,11 @@ def test_gpu_script_dry_run_fills_every_section(tmp_path):
     text = (tmp_path / "gpu.txt").read_text()
     assert "correctness: ok=True" in text
     goals = [line for line in text.splitlines() if line.startswith("goals: ")]
-    assert len(goals) == 5, goals  # eager (from the A/B and from the direct cost), static, frame op, memory
-    assert "the Engine's direct cost" in goals[1]
+    # eager (the A/B, the direct cost, the direct cost with the delivery thread), static, frame op, memory
+    assert len(goals) == 6, goals
+    assert "the Engine's direct cost" in goals[1] and "a cautious bound" in goals[2]
+    delivery = result["overhead:eager"]["variants"]["neuralflow"]["delivery_cpu_us"]["median"]
+    assert 0 < delivery < 1e5  # measured: some CPU time, less than 0.1 s per frame
 
 
 def test_gpu_sync_check_finds_syncs_made_by_engine_code(monkeypatch):

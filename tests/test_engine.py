@@ -321,6 +321,27 @@ def test_broken_consumer_is_counted_not_fatal():
     assert engine.stats["sink_errors"] == 3 and engine.stats["delivered"] == 3
 
 
+def test_delivery_cpu_time_counts_work_not_waiting():
+    model = tiny("mistral")
+
+    def busy(frame):  # 20 ms of CPU work per frame
+        end = time.thread_time() + 0.02
+        while time.thread_time() < end:
+            pass
+
+    def idle(frame):  # 20 ms of waiting per frame
+        time.sleep(0.02)
+
+    spent = {}
+    for name, sink in (("busy", busy), ("idle", idle)):
+        with Engine(model, width=32, slots=8, on_frame=sink, strict=True) as engine:
+            greedy(model, prompt(), 4)
+        assert engine.stats["delivered"] == 4
+        spent[name] = engine.stats["delivery_cpu_s"]
+    assert 0.08 <= spent["busy"] < 1.0
+    assert 0 < spent["idle"] < 0.04
+
+
 def test_token_text_and_model_name_in_meta():
     class Tok:
         def decode(self, ids):
