@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from neuralflow.engine.layers import (decoder_layers, hidden_size, layer_output, model_name,
-                                      unwrap)
+                                      module_device, unwrap)
 from neuralflow.engine.render import (check_options, cuda_graph, frame_shape, fused_by_default,
                                       reference_stats, render_into)
 from neuralflow.viewer.frame import Frame
@@ -176,7 +176,7 @@ class Engine:
             self.publisher = None
 
     def _allocate(self) -> None:
-        device = next(self.layers[-1].parameters()).device
+        device = module_device(self.layers[-1])  # where the last layer's output will be
         layers = len(self.layers)
         shape = frame_shape(layers, self.hidden, self.width)
         self._staging = torch.zeros(layers, self.hidden, dtype=torch.float32, device=device)
@@ -191,7 +191,7 @@ class Engine:
             self._ref_hi = torch.ones(layers, dtype=torch.float32, device=device)
         self._ref_ready = self.reference is not None
         self._seq = 0
-        self._one_device = len({next(layer.parameters()).device for layer in self.layers}) == 1
+        self._one_device = len({module_device(layer) for layer in self.layers}) == 1
         self._hold, self._held = False, [None] * layers
         for buffer in (self._staging, self._pixels, self._lo, self._hi, self._token,
                        self._ref_lo, self._ref_hi):

@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TextSt
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from neuralflow.engine.capture import Engine
-from neuralflow.engine.layers import UnsupportedModel
+from neuralflow.engine.layers import UnsupportedModel, module_device
 from neuralflow.engine.render import fused_by_default
 from neuralflow.viewer.cli import UserError
 
@@ -121,7 +121,8 @@ def run(args, publisher) -> int:
     say = lambda line: print(f"neuralflow generate: {line}", file=sys.stderr, flush=True)
     model, tokenizer = load(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
                             attn=args.attn, say=say)
-    inputs = tokenizer(args.prompt, return_tensors="pt").to(model.device)
+    device = module_device(model)  # not model.device: with device_map offload that may be "meta"
+    inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
     prompt_length = inputs["input_ids"].shape[1]
     if prompt_length == 0:
         raise UserError("the prompt is empty after tokenization")
@@ -134,7 +135,7 @@ def run(args, publisher) -> int:
                         on_frame=publisher.publish if publisher else None, label=Path(args.model).name)
     except UnsupportedModel as err:
         raise UserError(str(err)) from None
-    if fused_by_default(model.device):
+    if fused_by_default(device):
         say("compiling the frame math for this model's shape (once per process, a few seconds)")
     with engine:
         if publisher is not None and args.wait_viewer:

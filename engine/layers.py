@@ -73,6 +73,19 @@ def layer_output(output) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where `module` computes: the execution device accelerate's hook gives it (device_map
+    dispatch; an offloaded module's parameters wait on "meta" until its forward), else where
+    its first parameter or buffer with data lives, else the CPU."""
+    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if device is not None:
+        return torch.device(device)
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.device.type != "meta":
+            return tensor.device
+    return torch.device("cpu")
+
+
 def model_name(model: torch.nn.Module) -> str:
     """The folder or hub name the model was loaded from, else its class name."""
     base = unwrap(model)

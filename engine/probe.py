@@ -62,7 +62,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuralflow.engine.layers import decoder_layers, hidden_size, last_token_outputs, model_name
+from neuralflow.engine.layers import (decoder_layers, hidden_size, last_token_outputs, model_name,
+                                      module_device)
 from neuralflow.engine.render import render, seed_stats
 from neuralflow.viewer.frame import Frame
 from neuralflow.viewer.record import EXPORT_MODES, export_timeline
@@ -256,7 +257,7 @@ class Prober:
             return {}
 
     def _probe(self, step: int) -> dict[str, float]:
-        device = next(self.model.parameters()).device
+        device = module_device(self.model)
         with untouched(self.model):
             states = {n: last_token_states(self.model, ids.to(device)) for n, ids in self.prompts.items()}
         metrics = {}

@@ -366,6 +366,29 @@ def test_real_weights_path_from_pretrained(tmp_path):
     assert len(frames) == 2 and frames[0].pixels.shape == (3, 512)
     assert str(tmp_path) in frames[0].meta["model"]
 
+def test_layers_offloaded_by_device_map_are_captured(tmp_path):
+    """device_map offload (accelerate) keeps a layer's weights on "meta" until its forward: the
+    Engine must take the device the layer computes on, not where its weights wait."""
+    from accelerate import dispatch_model
+    ids = prompt()
+    frames = {}
+    for name in ("plain", "offloaded"):
+        model = tiny("mistral")
+        if name == "offloaded":
+            where = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                     "model.layers.2": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu",
+                     "lm_head": "cpu"}
+            model = dispatch_model(model, where, offload_dir=str(tmp_path))
+            assert next(model.model.layers[-1].parameters()).device.type == "meta"
+        frames[name] = []
+        with Engine(model, width=32, on_frame=frames[name].append, strict=True):
+            greedy(model, ids, 3)
+    assert len(frames["offloaded"]) == len(frames["plain"]) == 3
+    for a, b in zip(frames["offloaded"], frames["plain"]):
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+        np.testing.assert_array_equal(a.lo, b.lo)
+
+
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"slots": 2}, "slots"), ({"row": -1}, "row"), ({"layout": "x"}, "layout"),
