@@ -137,7 +137,7 @@ class Engine:
             from neuralflow.viewer.stream import Publisher
             self.publisher = Publisher(self.publish_endpoint)
             self.sinks.append(self.publisher.publish)
-        self._cache_ref = None
+        self._cache_ref = self._uncached_length = None  # what the last forward's cache was
         self._step, self._position = 0, 0
         self._last_frame = None  # the delivery thread's previous frame, for _check_fresh
         self._enabled = True
@@ -278,16 +278,22 @@ class Engine:
             raise ValueError(f"row={self.row} but the batch has {source.shape[0]} rows")
         q_len = source.shape[1]
         cache = kwargs.get("past_key_values", kwargs.get("cache"))  # renamed in transformers 5.2x
-        known = self._cache_ref() if self._cache_ref is not None else None
-        if cache is None or cache is not known:  # a new sequence: step 0 is its prefill
-            self._step, self._position = 0, q_len - 1
-            try:
-                self._cache_ref = weakref.ref(cache) if cache is not None else None
-            except TypeError:
-                self._cache_ref = None
-        else:
+        if cache is None:  # no cache (use_cache=False): each forward reads the whole sequence
+            follows = self._uncached_length is not None and q_len == self._uncached_length + 1
+        elif isinstance(cache, (tuple, list)):  # a legacy cache (transformers 4.x): a new tuple
+            follows = len(cache) > 0            # every step, empty or None before the prefill
+        else:  # a Cache object: the same one from the prefill to the last token
+            follows = self._cache_ref is not None and self._cache_ref() is cache
+        self._uncached_length = q_len if cache is None else None
+        try:
+            self._cache_ref = None if cache is None else weakref.ref(cache)
+        except TypeError:  # tuples
+            self._cache_ref = None
+        if follows:
             self._step += 1
-            self._position += q_len
+            self._position = q_len - 1 if cache is None else self._position + q_len
+        else:  # a new sequence: step 0 is its prefill
+            self._step, self._position = 0, q_len - 1
         # here, outside any compiled graph: this step's input_ids is a new tensor, and a graph
         # that read it through an attribute would take it as a static input and re-record its
         # CUDA graph on every step (seen on an H200; tests/test_compile.py checks it)

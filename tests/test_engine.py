@@ -98,6 +98,26 @@ def test_second_generate_starts_again_at_step_zero():
     assert [f.seq for f in frames] == [0, 1, 2, 3, 4]
 
 
+def test_steps_counted_without_a_cache_object():
+    """use_cache=False re-reads the whole sequence each forward; transformers 4.x passed some
+    models a new legacy tuple cache every step. Both still count steps and positions."""
+    model = tiny("llama")
+    frames = []
+    with Engine(model, width=64, on_frame=frames.append, strict=True):
+        greedy(model, prompt(), 3, use_cache=False)
+        greedy(model, prompt(length=4), 2, use_cache=False)
+    assert [f.step for f in frames] == [0, 1, 2, 0, 1]
+    assert [f.position for f in frames] == [4, 5, 6, 3, 4]
+
+    key, seen = torch.zeros(1, 2, 5, 16), []
+    with Engine(model) as engine:  # the start hook alone, as transformers 4.x called it
+        for ids, cache in ((prompt(), None), (prompt(length=1), ((key, key),)),
+                           (prompt(length=1), ((key, key),)), (prompt(length=3), None)):
+            engine._start((ids,), {"past_key_values": cache})
+            seen.append((engine._step, engine._position))
+    assert seen == [(0, 4), (1, 5), (2, 6), (0, 2)]
+
+
 @pytest.mark.parametrize("family", sorted(CONFIGS))
 def test_every_family(family):
     """Each family's frames show its layer outputs. A fixed reference scale makes each layer's
