@@ -36,7 +36,7 @@ from neuralflow.engine.layers import (decoder_layers, hidden_size, layer_output,
 from neuralflow.engine.render import (check_options, cuda_graph, frame_shape, fused_by_default,
                                       reference_stats, render_into)
 from neuralflow.viewer.frame import Frame
-from neuralflow.viewer.wire import new_session_id
+from neuralflow.viewer.wire import check_geometry, new_session_id
 
 log = logging.getLogger("neuralflow")
 
@@ -88,6 +88,9 @@ class Engine:
         self.model = model
         _, self.layers = decoder_layers(model)
         self.hidden = hidden_size(model)
+        # frames the wire and recordings cannot carry would fail only later, one by one
+        check_geometry(width, frame_shape(len(self.layers), self.hidden, width)[0], len(self.layers),
+                       self.hidden, f"width={width} cannot be captured for {model_name(model)}")
         self.row, self.width, self.layout, self.norm = row, width, layout, norm
         self.reference, self.tokenizer, self.rank, self.strict = reference, tokenizer, rank, strict
         self.n_slots = slots

@@ -133,7 +133,7 @@ def run(args, publisher) -> int:
     try:
         engine = Engine(model, width=args.width, layout=args.layout, norm=args.norm, tokenizer=tokenizer,
                         on_frame=publisher.publish if publisher else None, label=Path(args.model).name)
-    except UnsupportedModel as err:
+    except (UnsupportedModel, ValueError) as err:  # an unknown architecture, a width too narrow
         raise UserError(str(err)) from None
     if fused_by_default(device):
         say("compiling the frame math for this model's shape (once per process, a few seconds)")

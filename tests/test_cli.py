@@ -213,6 +213,17 @@ def test_not_a_recording(tmp_path):
     user_error(run(["export", str(bogus)]), "--gif")
 
 
+def test_paths_that_cannot_be_written(tmp_path):
+    """A file where a folder must go: one line naming the path, not a traceback."""
+    recording = tmp_path / "run.nfrec"
+    with RecordingWriter(tmp_path / "new" / "deeper" / "run.nfrec") as writer:  # folders made
+        writer.write(frames(1)[0])
+    (tmp_path / "new" / "deeper" / "run.nfrec").replace(recording)
+    for args in (["export", str(recording), "--png-dir", str(recording)],
+                 ["record", "--out", str(recording / "x.nfrec"), "--count", "1"]):
+        user_error(run(args), str(recording))
+
+
 def test_cli_imports_without_torch():
     block = "import sys; sys.modules['torch'] = None; from neuralflow.viewer.cli import main; sys.exit(main(%r))"
     no_torch = lambda argv: subprocess.run([sys.executable, "-c", block % (argv,)], capture_output=True, text=True,

@@ -418,6 +418,14 @@ def test_bad_arguments(kwargs, message):
         Engine(tiny("mistral"), **kwargs)
 
 
+def test_width_whose_frames_the_wire_cannot_carry():
+    from neuralflow.benchmarks.hooks import thin_mistral
+    model = thin_mistral(3, 4096, dtype=torch.float32)
+    with pytest.raises(ValueError, match="width=1 .*12288x1 pixels.*8192"):
+        Engine(model, width=1)
+    Engine(model, width=2)  # 6144 rows: fits
+
+
 def test_strict_engine_raises_consumer_errors_at_exit():
     model = tiny("mistral")
 

@@ -318,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, RecordingError, PublishError) as err:
         print(f"neuralflow: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as err:  # a path that cannot be written or read (a file where a folder goes, ...)
+        where = f": {err.filename}" if err.filename else ""
+        print(f"neuralflow: error: {err.strerror or err}{where}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("neuralflow: interrupted", file=sys.stderr)
         return 130

@@ -54,11 +54,13 @@ def _unpack(payload: bytes) -> list[bytes]:
 
 
 class RecordingWriter:
-    """Append frames to `path` (created with a file header if new or empty; a cut-off last
-    record, left by a crash, is removed first so that what is appended stays readable)."""
+    """Append frames to `path` (created with its folders and a file header if new or empty; a
+    cut-off last record, left by a crash, is removed first so that what is appended stays
+    readable)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
             existing = Recording(self.path)
             if existing.truncated:  # a cut-off tail would hide everything appended after it

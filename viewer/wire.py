@@ -71,7 +71,7 @@ def encode(frame: Frame) -> list[bytes]:
     for name in ("layers", "hidden"):
         if not isinstance(getattr(frame, name), (int, np.integer)):
             raise WireError(f"cannot encode: {name} must be an integer, got {getattr(frame, name)!r}")
-    _check_geometry(width, height, frame.layers, frame.hidden, "cannot encode")
+    check_geometry(width, height, frame.layers, frame.hidden, "cannot encode")
     if frame.layout not in LAYOUTS:
         raise WireError(f"cannot encode: unknown layout {frame.layout!r} (known: {', '.join(LAYOUTS)})")
     if frame.norm not in NORMS:
@@ -134,7 +134,7 @@ def decode(parts) -> Frame:
         raise WireError(f"unknown layout code {layout} (known: 0..{len(LAYOUTS) - 1})")
     if norm >= len(NORMS):
         raise WireError(f"unknown norm code {norm} (known: 0..{len(NORMS) - 1})")
-    _check_geometry(width, height, layers, hidden, "bad header")
+    check_geometry(width, height, layers, hidden, "bad header")
     if len(header) != HEADER.size + 8 * layers:
         raise WireError(
             f"header part is {len(header)} bytes; {layers} layers need {HEADER.size + 8 * layers} "
@@ -158,7 +158,8 @@ def decode(parts) -> Frame:
     )
 
 
-def _check_geometry(width: int, height: int, layers: int, hidden: int, what: str) -> None:
+def check_geometry(width: int, height: int, layers: int, hidden: int, what: str) -> None:
+    """Raise WireError (starting with `what`) unless a frame of this shape fits the format."""
     if not 1 <= width <= MAX_SIDE or not 1 <= height <= MAX_SIDE:
         raise WireError(f"{what}: {height}x{width} pixels is outside 1..{MAX_SIDE} per side")
     if not 1 <= layers <= MAX_LAYERS:
