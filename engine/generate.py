@@ -6,8 +6,8 @@
 
 Tokens are printed as they are generated; frames go out on --publish (default
 tcp://127.0.0.1:5555) to any viewer, one per forward pass: the prefill, then one per new token.
-Attention: flash_attention_2 when flash-attn imports (and the model is on CUDA), else sdpa;
-the choice is printed. `pick_attention` makes that choice and is what the tests check.
+Attention: flash_attention_2 when flash-attn imports (and the model is 16-bit, on CUDA, and
+supports it), else sdpa, else eager; the choice is printed. `pick_attention` makes that choice and is what the tests check.
 
 Errors a user can fix (no such folder, not a causal LM, unknown device, ...) raise UserError
 with one line; the CLI prints it and exits 2.
@@ -40,27 +40,44 @@ def flash_attn_available() -> bool:
     return True
 
 
-def pick_attention(requested: str | None, device: str = "cpu", dtype: str = "auto") -> tuple[str, str]:
+def pick_attention(requested: str | None, device: str = "cpu", dtype: str = "auto",
+                   model_class: type | None = None) -> tuple[str, str]:
     """(attn_implementation, one line saying which and why).
 
-    requested None: flash_attention_2 when flash-attn imports and the device is CUDA, else sdpa.
-    requested flash_attention_2 where it cannot run: sdpa, and the line says why.
+    requested None: flash_attention_2 when flash-attn imports, the device is CUDA, the weights
+    are 16-bit (`dtype`: what they load in) and `model_class` supports it; else sdpa, or eager
+    for a class without sdpa (Bloom, MPT). requested flash_attention_2 where it cannot run: that
+    fallback, and the line says why. Anything else is used as asked.
     """
-    on_cuda = device.startswith("cuda") or device == "auto"
     if requested not in (None, "flash_attention_2"):
         return requested, f"attention: {requested} (as asked)"
+    supports = lambda flags: model_class is None or any(getattr(model_class, f, False) for f in flags)
+    name = model_class.__name__ if model_class else "the model"
     why = None
     if not flash_attn_available():
         why = "flash-attn is not installed"
-    elif not on_cuda:
+    elif not (device.startswith("cuda") or device == "auto"):
         why = f"flash-attn needs a CUDA device, not {device}"
     elif dtype == "float32":
         why = "flash-attn needs float16 or bfloat16, not float32"
+    elif not supports(("_supports_flash_attn", "_supports_flash_attn_2")):  # (transformers 4.x name)
+        why = f"{name} does not support flash-attn"
     if why is None:
         return "flash_attention_2", "attention: flash_attention_2 (flash-attn found)"
+    fallback = "sdpa" if supports(("_supports_sdpa",)) else "eager"
+    if fallback == "eager":
+        why += f"; {name} does not support sdpa"
     if requested == "flash_attention_2":
-        return "sdpa", f"attention: sdpa, not flash_attention_2: {why}"
-    return "sdpa", f"attention: sdpa ({why})"
+        return fallback, f"attention: {fallback}, not flash_attention_2: {why}"
+    return fallback, f"attention: {fallback} ({why})"
+
+
+def _weights_dtype(config, dtype: str) -> str:
+    """The dtype from_pretrained(dtype=...) will load the weights in, by name."""
+    if dtype != "auto":
+        return dtype
+    saved = config.dtype if hasattr(config, "dtype") else getattr(config, "torch_dtype", None)  # 4.x
+    return str(saved or "float32").removeprefix("torch.")
 
 
 def _pick_device(device: str | None, device_map: str | None) -> str:
@@ -97,7 +114,8 @@ def load(path: str | Path, *, dtype: str = "auto", device: str | None = None, de
     except (OSError, ValueError, TypeError) as err:
         raise UserError(f"no usable tokenizer in {path} (tokenizer.json or the model's tokenizer files): "
                         f"{_first_line(err)}") from None
-    implementation, line = pick_attention(attn, where, dtype)
+    implementation, line = pick_attention(attn, where, _weights_dtype(config, dtype),
+                                          MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])
     say(line)
     kwargs = dict(dtype=DTYPES[dtype], attn_implementation=implementation)
     if device_map:

@@ -160,6 +160,35 @@ def test_pick_attention_falls_back_to_sdpa(monkeypatch):
     assert generate.pick_attention(None, "cuda", "float32")[0] == "sdpa"
 
 
+def test_pick_attention_follows_what_the_model_class_supports(monkeypatch):
+    from transformers import BloomConfig, BloomForCausalLM, GPT2Config, MistralForCausalLM
+
+    from neuralflow.engine import generate
+
+    monkeypatch.setattr(generate, "flash_attn_available", lambda: True)
+    assert generate.pick_attention(None, "cuda", "bfloat16", MistralForCausalLM)[0] == "flash_attention_2"
+    impl, line = generate.pick_attention(None, "cuda", "bfloat16", BloomForCausalLM)
+    assert impl == "eager" and "BloomForCausalLM does not support flash-attn" in line and "sdpa" in line
+    assert generate.pick_attention(None, "cpu", "auto", BloomForCausalLM)[0] == "eager"
+    # --dtype auto: the dtype the checkpoint was saved in decides; none saved loads float32
+    assert generate._weights_dtype(BloomConfig(dtype="bfloat16"), "auto") == "bfloat16"
+    assert generate._weights_dtype(GPT2Config(), "auto") == "float32"
+    assert generate._weights_dtype(GPT2Config(), "float16") == "float16"
+
+
+def test_generate_a_model_without_sdpa(tmp_path):
+    """Bloom has neither flash-attn nor sdpa: the default attention must still load it."""
+    from neuralflow.engine.demo import byte_tokenizer
+    from tiny_models import tiny
+
+    tiny("bloom", vocab_size=len(byte_tokenizer())).save_pretrained(tmp_path)
+    byte_tokenizer().save_pretrained(tmp_path)
+    result = run(["generate", "--model", str(tmp_path), "--prompt", "Alice", "--max-new-tokens", "2",
+                  "--no-publish", "--width", "32"])
+    assert result.returncode == 0, result.stderr
+    assert "attention: eager" in result.stderr and "2 frames captured" in result.stderr
+
+
 # ---- user mistakes -----------------------------------------------------------------------------
 
 def test_missing_model_folder(tmp_path):
