@@ -104,8 +104,8 @@ def last_token_outputs(model: torch.nn.Module, row: int = 0):
     def hook_for(i):
         def hook(module, args, output):
             rows[i] = layer_output(output)[row, -1].detach().float().clone()
-            if i == len(layers) - 1:
-                steps.append(torch.stack(rows))
+            if i == len(layers) - 1:  # on the last layer's device (a model may span several)
+                steps.append(torch.stack([r.to(rows[-1].device) for r in rows]))
         return hook
 
     handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]

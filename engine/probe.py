@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 import os
 import random
 import re
@@ -141,7 +142,9 @@ def _offset_port(endpoint: str, by: int) -> str:
 def _named(prompts) -> dict:
     if isinstance(prompts, dict):
         return dict(prompts)
-    if isinstance(prompts, (str, torch.Tensor)) or (prompts and isinstance(prompts[0], int)):
+    one = isinstance(prompts, (str, torch.Tensor, np.ndarray)) or (
+        isinstance(prompts, (list, tuple)) and len(prompts) > 0 and isinstance(prompts[0], numbers.Integral))
+    if one:
         prompts = [prompts]
     return {f"probe{k}": p for k, p in enumerate(prompts)}
 
@@ -206,8 +209,12 @@ class Prober:
         if isinstance(prompt, str):
             if tokenizer is None:
                 raise ValueError("str prompts need a tokenizer (or pass token ids)")
-            prompt = tokenizer(prompt, return_tensors="pt")["input_ids"]
-        ids = torch.as_tensor(prompt, dtype=torch.long).reshape(1, -1)
+            prompt = tokenizer(text=prompt, return_tensors="pt")["input_ids"]  # (a processor too)
+        ids = torch.as_tensor(prompt, dtype=torch.long)
+        if ids.ndim > 1 and ids.shape[0] > 1:  # rows would run together (and padding with them)
+            raise ValueError(f"a probe prompt is one sequence, got a {tuple(ids.shape)} batch: "
+                             "pass a list of prompts instead")
+        ids = ids.reshape(1, -1)
         if ids.shape[1] == 0:
             raise ValueError("a probe prompt is empty")
         return ids
@@ -337,7 +344,7 @@ class ProbeCallback(TrainerCallback):
 
     Takes Prober's options, plus export: a folder to write each prompt's timeline to at the end
     of training (export_mode "plain", "side" or "diff"). The tokenizer defaults to the Trainer's
-    processing_class. `prober` is built anew at each on_train_begin (its first probe is the
+    processing_class (a processor's tokenizer). `prober` is built anew at each on_train_begin (its first probe is the
     reference) and closed at on_train_end.
     """
 
@@ -366,7 +373,8 @@ class ProbeCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         if getattr(self, "prober", None) is not None:
             self.prober.close()  # an earlier train() that raised never reached on_train_end
-        self.prober = Prober(model, self.prompts, tokenizer=self.tokenizer or processing_class,
+        tokenizer = self.tokenizer or getattr(processing_class, "tokenizer", processing_class)
+        self.prober = Prober(model, self.prompts, tokenizer=tokenizer,
                              rank=args.process_index, world=args.world_size, **self.options)
         self.probed, self._pending = [], None
         reporters = [r for r in (args.report_to or []) if r != "none"]

@@ -221,14 +221,17 @@ def test_one_stream_per_probe_over_zeromq():
     assert [f.seq for f in got] == [0, 0, 1, 1]
 
 
+class Bytes:
+    """The smallest tokenizer the Prober needs: __call__ and decode."""
+
+    def __call__(self, text, return_tensors=None):
+        return {"input_ids": torch.tensor([[b - 32 for b in text.encode()]])}  # ASCII 32..127
+
+    def decode(self, ids):
+        return chr(ids[0] + 32)
+
+
 def test_prober_in_a_plain_loop_with_a_tokenizer():
-    class Bytes:  # the smallest tokenizer the Prober needs: __call__ and decode
-        def __call__(self, text, return_tensors=None):
-            return {"input_ids": torch.tensor([[b - 32 for b in text.encode()]])}  # ASCII 32..127
-
-        def decode(self, ids):
-            return chr(ids[0] + 32)
-
     model = tiny("mistral")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with Prober(model, "hello", tokenizer=Bytes(), width=32, keep=True) as prober:
@@ -242,6 +245,31 @@ def test_prober_in_a_plain_loop_with_a_tokenizer():
     assert [f.step for f in frames] == [0, 1, 2, 3] and frames[0].meta["token"] == "o"
     drift = [d.mean() for _, d in prober.drift["probe0"]]
     assert drift[0] == 0 and drift[3] > drift[1] > 0
+
+
+def test_prompts_as_arrays_and_batches():
+    model = tiny("mistral")
+    for one in (np.array([5, 6, 7]), [np.int64(5), np.int64(6), np.int64(7)], torch.tensor([[5, 6, 7]])):
+        with Prober(model, one, width=32) as prober:
+            assert list(prober.prompts) == ["probe0"] and prober.prompts["probe0"].tolist() == [[5, 6, 7]]
+    with pytest.raises(ValueError, match=r"\(2, 3\) batch"):
+        Prober(model, torch.tensor([[5, 6, 7], [8, 9, 10]]))
+
+
+def test_trainer_with_a_processor_probes_through_its_tokenizer(tmp_path):
+    class Processor:  # as LlavaProcessor: images first, the tokenizer an attribute
+        tokenizer = Bytes()
+
+        def __call__(self, images=None, text=None, **kwargs):
+            raise ValueError("Incorrect image source")
+
+    probe = ProbeCallback("hello", every=1, width=32)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4,
+                             report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True)
+    Trainer(model=tiny("mistral"), args=args, train_dataset=dataset(8), processing_class=Processor(),
+            callbacks=[probe]).train()
+    assert probe.probed == [0, 1, 2]
+    assert [f.meta["token"] for f in probe.prober.frames["probe0"]] == ["o"] * 3
 
 
 def test_probe_inside_bf16_autocast():
