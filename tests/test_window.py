@@ -350,3 +350,31 @@ def test_hover_text_in_process(display, monkeypatch):
         assert "overflow" in view.hover_label.cget("text")
     finally:
         root.destroy()
+
+
+def test_keys_before_the_first_frame_keep_the_window_live(display, monkeypatch):
+    """Left, right or period pressed while waiting: the first frame still shows, live."""
+    monkeypatch.setenv("DISPLAY", display)
+    import tkinter as tk
+
+    from neuralflow.viewer.window import ViewerWindow
+
+    class Source:
+        state, stats = "waiting", {"gaps": 0, "rejected": 0}
+
+        def __init__(self):
+            self.polls = 0
+
+        def recv(self, timeout=None):
+            self.polls += 1
+            return make_frame(0, 1) if self.polls > 5 else None
+
+    root = tk.Tk()
+    try:
+        view = ViewerWindow(root, Source(), out_dir=".")
+        view.back()
+        view.forward()
+        wait_for(lambda: root.update() or view.shown is not None, 5, "the first frame shown")
+        assert view.cursor is None  # live, not paused on a frame that never was
+    finally:
+        root.destroy()

@@ -333,6 +333,8 @@ class ViewerWindow:
         self._show(self._at(self.cursor))
 
     def back(self):
+        if not self.history:
+            return
         if self.cursor is None:
             self.cursor = self.total - 1
         self._go(self.cursor - 1)
