@@ -23,8 +23,9 @@ from neuralflow.viewer.frame import Frame
 from neuralflow.viewer.stream import Publisher
 
 # Subscriber process: receives until a frame with meta "stop", then prints one JSON line with
-# the count of new frames, gaps, rejects, and capture-to-receive latencies (ns) of the frames
-# not marked "warmup". time_ns is stamped by the publisher just before publish().
+# the gaps and rejects, and for the frames not marked "warmup": their count, the span from the
+# first to the last one received, and their capture-to-receive latencies (ns). time_ns is
+# stamped by the publisher just before publish().
 CHILD = r"""
 import json, sys, time
 from neuralflow.viewer.stream import Subscriber
@@ -35,10 +36,11 @@ with Subscriber(sys.argv[1]) as sub:
         now = time.time_ns()
         if frame is None or "stop" in frame.meta:
             break
+        if "warmup" in frame.meta:
+            continue
         received += 1
         first, last = first or now, now
-        if "warmup" not in frame.meta:
-            latencies.append(now - frame.time_ns)
+        latencies.append(now - frame.time_ns)
     stats = sub.stats
 print(json.dumps(dict(received=received, gaps=stats["gaps"], rejected=stats["rejected"],
                       span_s=((last or 0) - (first or 0)) / 1e9, latencies=latencies)), flush=True)

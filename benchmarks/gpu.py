@@ -14,9 +14,10 @@ JSON and the table are rewritten after every section, so a run cut short keeps w
                    from CUDA events; plus a torch.profiler listing of what one call launches;
   hooks            the layer hooks of one eager decode token, outputs held and copied at once
                    (the Engine now) against one copy launch per layer (before), host-bound time;
-                   and all the Engine does per token ("engine": hooks, frame-math graph replay,
-                   shipping, delivery thread running), which over the eager "none" step time is
-                   the Engine's direct cost, a second eager estimate free of run-to-run noise;
+                   and all the Engine does per token ("engine": hooks and their dispatch,
+                   frame-math graph replay, shipping, delivery thread running) less the bare
+                   module calls, which over the eager "none" step time is the Engine's direct
+                   cost, a second eager estimate free of run-to-run noise;
   overhead:eager   eager generate, 128 new tokens, none / neuralflow / nf:unbatched interleaved
                    (nf:unbatched: the engine of the first H200 run, one copy launch per layer and
                    no CUDA graph for the frame math: the A/B of that change); also the delivery
@@ -108,13 +109,14 @@ def correctness(model, ids, steps: int) -> dict:
     rows = _compare(frames, recorded)
     ref_rows = _compare(ref_frames, ref_recorded, norm="reference",
                         reference=(ref_frames[0].lo, ref_frames[0].hi) if ref_frames else None)
-    good = lambda r: r["pixels_differing"] <= 1e-3 and r["lo_rel_diff"] <= 1e-4
+    good = lambda r: r["pixels_differing"] <= 1e-3 and max(r["lo_rel_diff"], r["hi_rel_diff"]) <= 1e-4
     ok = (len(frames) == len(recorded) == len(ref_frames) == len(ref_recorded) == steps
-          and engine.error is None and ref_engine.error is None and all(map(good, rows + ref_rows)))
+          and engine.error is None and ref_engine.error is None and all(map(good, rows + ref_rows))
+          and syncs.get("syncs_in_engine_code", 0) == 0)
     return {"ok": bool(ok), "frames": len(frames), "recorded": len(recorded), "syncs": syncs,
             "engine_stats": {k: v for k, v in engine.stats.items() if not isinstance(v, dict)},
             "steps": rows, "reference_norm_steps": ref_rows,
-            "tolerance": "pixels differing <= 0.1 %, lo/hi relative diff <= 1e-4"}
+            "tolerance": "pixels differing <= 0.1 %, lo/hi relative diff <= 1e-4, no host sync in engine code"}
 
 
 def _rel_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -358,28 +360,71 @@ def overhead_static(model, ids, cfg: GpuConfig, deadline: float) -> dict:
     return result
 
 
+LIMIT = 1.01  # the overhead goals: at most 1 % per token
+
+
+def verdict(ratios: list[dict]) -> str:
+    """"met" when the upper quartile of every ratio is within LIMIT, "missed" when the lower
+    quartile of one is above it, else "inconclusive" (the spread straddles the goal)."""
+    if all(r["p75"] <= LIMIT for r in ratios):
+        return "met"
+    if any(r["p25"] > LIMIT for r in ratios):
+        return "missed"
+    return "inconclusive"
+
+
+def capture_problems(section: dict) -> list[str]:
+    """Why the "neuralflow" runs of an overhead section did not do all a watched generate does
+    (frames missing, dropped or failed, no live subscriber): each one makes them cheaper."""
+    counts = section["variants"]["neuralflow"]["counts"]
+    reps, tokens = section["config"]["reps"], section["config"]["new_tokens"]
+    expected = reps * tokens
+    problems = []
+    if counts.get("captured") != expected:
+        problems.append(f"{counts.get('captured')} of {expected} frames captured")
+    if counts.get("dropped") or counts.get("delivered") != counts.get("captured"):
+        problems.append(f"{counts.get('dropped')} dropped, {counts.get('delivered')} delivered")
+    if counts.get("errors"):
+        problems.append(f"capture failed in {counts['errors']} runs")
+    if "error" in section.get("subscriber", {}):
+        problems.append(section["subscriber"]["error"])
+    elif counts.get("subscribed", 0) < reps:
+        problems.append(f"a live subscriber in {counts.get('subscribed', 0)} of {reps} runs")
+    return problems
+
+
+def _pct(ratio: dict) -> str:
+    return (f"{100 * (ratio['median'] - 1):+.2f} % (IQR {100 * (ratio['p25'] - 1):+.2f} to "
+            f"{100 * (ratio['p75'] - 1):+.2f} %)")
+
+
 def goals(result: dict) -> list[str]:
     """Issue 6/7's goals against what this run measured, one line each (reported, not asserted)."""
     lines = []
 
     def overhead(key: str, label: str) -> None:
-        ours = result.get(key, {}).get("variants", {}).get("neuralflow", {})
-        ratio, cpu = ours.get("step_ratio"), ours.get("cpu_ratio")
-        if ratio:
-            pct = 100 * (ratio["median"] - 1)
-            lines.append(f"{label} overhead <= 1 %: {pct:+.2f} % (IQR {100 * (ratio['p25'] - 1):+.2f} to "
-                         f"{100 * (ratio['p75'] - 1):+.2f} %): {'met' if pct <= 1 else 'missed'}"
-                         + (f"; generating thread's CPU time {100 * (cpu['median'] - 1):+.2f} %" if cpu else ""))
+        section = result.get(key, {})
+        ours = section.get("variants", {}).get("neuralflow", {})
+        step, wall, cpu = ours.get("step_ratio"), ours.get("ratio"), ours.get("cpu_ratio")
+        if not step or not wall:
+            return
+        noise = section["variants"]["none"]["step_ratio"]
+        problems = capture_problems(section)
+        lines.append(f"{label} overhead <= 1 %: step {_pct(step)}, wall {_pct(wall)}; noise floor "
+                     f"(none over none, step) IQR {100 * (noise['p25'] - 1):+.2f} to "
+                     f"{100 * (noise['p75'] - 1):+.2f} %"
+                     + (f"; generating thread's CPU time {100 * (cpu['median'] - 1):+.2f} %" if cpu else "")
+                     + ": " + (f"invalid ({'; '.join(problems)})" if problems else verdict([step, wall])))
 
     overhead("overhead:eager", "eager")
-    engine_us = result.get("hooks", {}).get("us_per_token", {}).get("engine", {}).get("median")
+    engine_us = result.get("hooks", {}).get("engine_over_bare_us", {}).get("median")
     eager = result.get("overhead:eager", {})
     none_steps = eager.get("raw_step_ms", {}).get("none")
     if engine_us and none_steps:  # over the fastest "none" step: the larger, more cautious share
         fastest = min(none_steps)
         share = lambda us: f"{us / (10 * fastest):.2f} %: {'met' if us <= 10 * fastest else 'missed'}"
         lines.append(f"eager overhead <= 1 %, the Engine's direct cost: {engine_us:.0f} us of host time "
-                     f"per token (hooks section, 'engine') over the fastest none step "
+                     f"per token (hooks section, engine - bare) over the fastest none step "
                      f"({fastest:.2f} ms) = {share(engine_us)}")
         delivery = eager.get("variants", {}).get("neuralflow", {}).get("delivery_cpu_us", {}).get("median")
         if delivery:  # its Python work holds the GIL that the host-bound generating thread needs

@@ -356,6 +356,7 @@ def measure_overhead(model: torch.nn.Module, prompt_ids: torch.Tensor, new_token
     return {
         "config": {"new_tokens": new_tokens, "reps": len(infos["none"]), "warmup": warmup,
                    "variants": list(variants), "width": width, "prompt_tokens": int(prompt_ids.shape[1]),
+                   "step_clock": step_clock,
                    "device": str(setup.device), "dtype": str(next(model.parameters()).dtype),
                    "generate_kwargs": {k: str(v) for k, v in setup.generate_kwargs.items()}},
         "variants": summary,

@@ -85,6 +85,8 @@ def overhead_table(o: dict) -> str:
             "floor (each none run over the previous one).\nfastest: fastest step rep over the fastest "
             "'none' step rep (interference only adds time).\ncpu: the generating thread's CPU time "
             "per token (blind to preemption and GIL waits), its ratio to the adjacent 'none' runs and IQR.")
+    if c.get("step_clock") is False:
+        note += "\nstep here: the whole generate call per token, as wall (no step clock in compiled code)."
     header = ["variant", "wall ms/tok", "ratio", "IQR", "p10-p90", "step ms", "ratio", "IQR", "p10-p90",
               "fastest", "cpu ms", "ratio", "IQR"]
     names = list(o["variants"])
@@ -134,9 +136,11 @@ def hooks_table(h: dict) -> str:
     rows = [[way, f"{t['median']:.1f}", f"{t['p10']:.1f}-{t['p90']:.1f}"] for way, t in h["us_per_token"].items()]
     frames = h.get("engine_frames", {})
     head = (f"Capture hooks per eager decode token ({h['layers']} layers x {h['hidden']}, {h['device']} "
-            f"{h['dtype']}; held and copied: hooks only, engine: all the Engine does), {h['rounds']} "
+            f"{h['dtype']}; bare: no hooks, held and copied: hooks only, engine: all the Engine does), {h['rounds']} "
             f"alternating rounds x {h['tokens']} tokens; held / copied "
             f"{' '.join(_ratio_cells(h['ratio_held_to_copied']))}; same staging: {h['same_staging']}"
+            + (f"; engine - bare {h['engine_over_bare_us']['median']:.1f} us per token"
+               if h.get("engine_over_bare_us") else "")
             + (f"; engine frames delivered {frames['delivered']}/{frames['captured']}" if frames else ""))
     return head + "\n" + _table(["way", "us/token", "p10-p90"], rows)
 

@@ -12,7 +12,8 @@ sdpa, batch 1, on the CPU. Sections (each recorded as {"error": traceback} if it
              CPU variant of render_into, whose ~10 s compile is reported apart)
   hooks      hooks.measure_token_hooks at the Mistral-7B shape: the layer hooks of one eager decode
              token, outputs held and copied at once against one copy per layer, and all the
-             Engine does per token (hooks, frame math, shipping, delivery thread running)
+             Engine does per token (hooks, frame math, shipping, delivery thread running), all
+             through real module calls, against the same calls without hooks
   memory     memory.measure_memory over 1,000 generated tokens (300 for the baseline)
 Progress goes to stderr, the table to stdout, everything to --json. See benchmarks/RESULTS.md.
 

@@ -62,7 +62,32 @@ def test_suite_writes_every_section(tmp_path, monkeypatch):
     assert hooks["same_staging"] is True and hooks["us_per_token"]["held"]["n"] == 2
     # the engine way ships every frame and the delivery thread hands each one on
     assert hooks["engine_frames"]["delivered"] == hooks["engine_frames"]["captured"] > 0
+    assert set(hooks["us_per_token"]) == {"bare", "held", "copied", "engine"}
+    assert hooks["engine_over_bare_us"]["median"] > 0  # the hooks cost something over bare calls
     assert "Capture hooks per eager decode token" in tables(result)
+
+
+def test_gpu_verdicts_need_the_spread_and_a_complete_capture():
+    from neuralflow.benchmarks.gpu import capture_problems, verdict
+
+    ratio = lambda p25, p75: {"median": (p25 + p75) / 2, "p25": p25, "p75": p75}
+    assert verdict([ratio(0.99, 1.009), ratio(1.0, 1.005)]) == "met"
+    assert verdict([ratio(0.99, 1.009), ratio(1.0, 1.02)]) == "inconclusive"
+    assert verdict([ratio(0.99, 1.009), ratio(1.011, 1.02)]) == "missed"
+
+    def section(**counts):
+        full = dict(captured=24, delivered=24, dropped=0, errors=0, subscribed=3)
+        return {"config": {"reps": 3, "new_tokens": 8}, "subscriber": {"received": 24},
+                "variants": {"neuralflow": {"counts": {**full, **counts}}}}
+
+    assert capture_problems(section()) == []
+    assert capture_problems(section(captured=16, delivered=16)) == ["16 of 24 frames captured"]
+    assert capture_problems(section(delivered=20, dropped=4)) == ["4 dropped, 20 delivered"]
+    assert capture_problems(section(errors=1)) == ["capture failed in 1 runs"]
+    assert capture_problems(section(subscribed=2)) == ["a live subscriber in 2 of 3 runs"]
+    no_zmq = section()
+    no_zmq["subscriber"] = {"error": "pyzmq missing: frames went to a no-op sink"}
+    assert capture_problems(no_zmq) == ["pyzmq missing: frames went to a no-op sink"]
 
 
 def test_overhead_needs_the_baseline():
