@@ -321,6 +321,32 @@ def test_truncated_recording_replays_up_to_the_cut(tmp_path):
     assert got == list(range(9)) and source.recv(timeout=0) is None and source.state == "end"
 
 
+def test_replay_loop_starts_over(tmp_path):
+    path = tmp_path / "loop.nfrec"
+    with RecordingWriter(path) as writer:
+        for frame in frames(3):
+            writer.write(frame)
+    source = ReplaySource(open_recording(path), fps=1000, loop=True)
+    got = []
+    while len(got) < 8:
+        frame = source.recv(timeout=0.5)
+        assert frame is not None and source.state == "replay"
+        got.append(frame.step)
+    assert got == [0, 1, 2, 0, 1, 2, 0, 1]
+
+
+def test_endpoints_default_to_loopback():
+    from neuralflow.viewer.cli import _endpoints, build_parser
+    from neuralflow.viewer.stream import DEFAULT_ENDPOINT
+
+    assert DEFAULT_ENDPOINT.startswith("tcp://127.0.0.1:")
+    parse = build_parser().parse_args
+    assert parse(["generate", "--model", ".", "--prompt", "x"]).publish == DEFAULT_ENDPOINT
+    assert parse(["demo"]).publish is None  # the demo publishes only when asked
+    for command in (["view"], ["record", "--out", "x.nfrec"]):
+        assert _endpoints(parse(command)) == [DEFAULT_ENDPOINT]
+
+
 def test_replay_keeps_the_recorded_pace(tmp_path):
     path = tmp_path / "paced.nfrec"
     with RecordingWriter(path) as writer:

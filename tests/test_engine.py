@@ -42,6 +42,7 @@ def test_one_frame_per_forward_equal_to_render(row, batch):
     ids = prompt(batch)
     new = 6
     frames = []
+    before = time.time_ns()
     with Engine(model, row=row, width=32, on_frame=frames.append, strict=True) as engine:
         sequences = greedy(model, ids, new)
     assert engine.stats["captured"] == engine.stats["delivered"] == new
@@ -58,7 +59,7 @@ def test_one_frame_per_forward_equal_to_render(row, batch):
         want = render(per_step[step], width=32)
         np.testing.assert_array_equal(frame.pixels, want.pixels.numpy())
         np.testing.assert_array_equal(frame.lo, want.lo.numpy())
-        assert frame.time_ns <= time.time_ns()
+        assert before <= frame.time_ns <= time.time_ns()
     assert all(a.time_ns <= b.time_ns for a, b in zip(frames, frames[1:]))
 
 
@@ -298,7 +299,7 @@ def test_slow_consumer_drops_frames_and_never_blocks():
     assert delivered == sorted(delivered) and delivered[-1] == 24
     assert len(delivered) < 25  # the dropped frames left gaps in seq
     # waiting for the consumer would add at least (24 - 3 slots) x 0.2 s = 4.2 s
-    assert captured_time < plain * 1.5 + 1.5
+    assert captured_time < plain + 2.5
 
 
 def test_reference_norm_freezes_first_frame_stats():
@@ -373,7 +374,7 @@ def test_token_text_and_model_name_in_meta():
         out = greedy(model, prompt(), 2)
     assert frames[1].meta["token"] == f"<{int(out[0, 5])}>"
     assert frames[0].meta["label"] == "run-a"
-    assert frames[0].meta["model"]
+    assert frames[0].meta["model"] == "MistralForCausalLM"  # no folder: the class name
 
 
 def test_real_weights_path_from_pretrained(tmp_path):

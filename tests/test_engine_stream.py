@@ -88,5 +88,6 @@ def test_paused_or_dead_subscriber_never_blocks_generation(trouble, tmp_path):
     assert stats["delivered"] + stats["dropped"] == stats["captured"]
     publisher = stats["publisher"]
     assert publisher["published"] + publisher["socket_drops"] == stats["delivered"]
-    # within noise of no subscriber (generous: this machine is shared and small)
-    assert troubled < max(plain) * 1.5 + 0.5
+    # within noise of no subscriber (generous: this machine is shared and small; a send that
+    # waited for the stopped subscriber would never return)
+    assert troubled < max(plain) * 2 + 2.0

@@ -276,7 +276,7 @@ def test_paused_subscriber_never_blocks_publisher():
             assert paused.sum() < 3 * baseline.sum() + 0.25, (paused.sum(), baseline.sum())
             # A blocking send would hang for as long as the pause; these bounds only leave room
             # for a busy 2-core CI machine descheduling us.
-            assert np.percentile(paused, 99) < 0.02 and paused.max() < 0.5, (np.percentile(paused, 99), paused.max())
+            assert np.percentile(paused, 99) < 0.05 and paused.max() < 0.5, (np.percentile(paused, 99), paused.max())
 
             os.kill(child.pid, signal.SIGCONT)  # the subscriber drains; sends succeed again
             deadline = time.monotonic() + 10
@@ -335,7 +335,7 @@ def test_killed_subscriber_never_blocks_publisher():
                 times.append(time.perf_counter() - start)
             times = np.array(times)
             # As above: generous bounds for scheduling noise, far below a blocked send.
-            assert np.percentile(times, 99) < 0.02 and times.max() < 0.5, (np.percentile(times, 99), times.max())
+            assert np.percentile(times, 99) < 0.05 and times.max() < 0.5, (np.percentile(times, 99), times.max())
         finally:
             kill(child)
         deadline = time.monotonic() + 5
