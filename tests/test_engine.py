@@ -36,14 +36,14 @@ def independent_states(model, ids, new_tokens, row):
     return out.sequences, per_step
 
 
-@pytest.mark.parametrize("row,batch", [(0, 1), (1, 2)])
-def test_one_frame_per_forward_equal_to_render(row, batch):
+@pytest.mark.parametrize("row,batch,norm", [(0, 1, "seed"), (1, 2, "seed"), (0, 1, "layer")])
+def test_one_frame_per_forward_equal_to_render(row, batch, norm):
     model = tiny("mistral")
     ids = prompt(batch)
     new = 6
     frames = []
     before = time.time_ns()
-    with Engine(model, row=row, width=32, on_frame=frames.append, strict=True) as engine:
+    with Engine(model, row=row, width=32, norm=norm, on_frame=frames.append, strict=True) as engine:
         sequences = greedy(model, ids, new)
     assert engine.stats["captured"] == engine.stats["delivered"] == new
     expected_sequences, per_step = independent_states(model, ids, new, row)
@@ -56,7 +56,8 @@ def test_one_frame_per_forward_equal_to_render(row, batch):
         assert frame.position == length - 1 + step
         assert frame.row == row and frame.layers == 3 and frame.hidden == 64
         assert frame.session == engine.session
-        want = render(per_step[step], width=32)
+        want = render(per_step[step], width=32, norm=norm)
+        assert frame.norm == norm
         np.testing.assert_array_equal(frame.pixels, want.pixels.numpy())
         np.testing.assert_array_equal(frame.lo, want.lo.numpy())
         assert before <= frame.time_ns <= time.time_ns()
