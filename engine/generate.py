@@ -7,7 +7,8 @@
 Tokens are printed as they are generated; frames go out on --publish (default
 tcp://127.0.0.1:5555) to any viewer, one per forward pass: the prefill, then one per new token.
 Attention: flash_attention_2 when flash-attn imports (and the model is 16-bit, on CUDA, and
-supports it), else sdpa, else eager; the choice is printed. `pick_attention` makes that choice and is what the tests check.
+supports it), else sdpa, else eager; the choice is printed. `pick_attention` makes that choice
+and is what the tests check.
 
 Errors a user can fix (no such folder, not a causal LM, unknown device, ...) raise UserError
 with one line; the CLI prints it and exits 2.

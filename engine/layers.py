@@ -11,6 +11,7 @@ MPT (transformer.blocks), and multimodal wrappers such as LLaVA fed text
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import torch
 
@@ -80,7 +81,7 @@ def module_device(module: torch.nn.Module) -> torch.device:
     device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
     if device is not None:
         return torch.device(device)
-    for tensor in (*module.parameters(), *module.buffers()):
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
         if tensor.device.type != "meta":
             return tensor.device
     return torch.device("cpu")
