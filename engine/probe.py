@@ -142,9 +142,8 @@ def _offset_port(endpoint: str, by: int) -> str:
 def _named(prompts) -> dict:
     if isinstance(prompts, dict):
         return dict(prompts)
-    one = isinstance(prompts, (str, torch.Tensor, np.ndarray)) or (
-        isinstance(prompts, (list, tuple)) and len(prompts) > 0 and isinstance(prompts[0], numbers.Integral))
-    if one:
+    ids = isinstance(prompts, (list, tuple)) and len(prompts) > 0 and isinstance(prompts[0], numbers.Integral)
+    if ids or isinstance(prompts, (str, torch.Tensor, np.ndarray)):  # one prompt
         prompts = [prompts]
     return {f"probe{k}": p for k, p in enumerate(prompts)}
 
@@ -344,8 +343,8 @@ class ProbeCallback(TrainerCallback):
 
     Takes Prober's options, plus export: a folder to write each prompt's timeline to at the end
     of training (export_mode "plain", "side" or "diff"). The tokenizer defaults to the Trainer's
-    processing_class (a processor's tokenizer). `prober` is built anew at each on_train_begin (its first probe is the
-    reference) and closed at on_train_end.
+    processing_class (a processor's tokenizer). `prober` is built anew at each on_train_begin
+    (its first probe is the reference) and closed at on_train_end.
     """
 
     def __init__(self, prompts, tokenizer=None, *, every: int = 50, export=None,
