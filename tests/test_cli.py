@@ -297,6 +297,46 @@ def test_record_then_export_and_replay(tmp_path):
     assert gif_frames(tmp_path / "replay" / "replay.gif") == 10
 
 
+def test_headless_view_and_record_stop_by_count_and_duration(tmp_path):
+    endpoint = free_endpoint()
+    with Publisher(endpoint, republish_s=None) as pub:
+        viewer = subprocess.Popen([*CLI, "view", "--headless", "--connect", endpoint, "--count", "4", "--out",
+                                   str(tmp_path / "live")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for frame in frames(600):  # until the viewer has joined and taken its 4 frames
+            if viewer.poll() is not None:
+                break
+            pub.publish(frame)
+            time.sleep(0.02)
+        _, err = viewer.communicate(timeout=30)
+    assert viewer.returncode == 0, err
+    assert len(list((tmp_path / "live").glob("frame_*.png"))) == 4
+    started = time.monotonic()  # nobody publishing: --duration ends it with an empty recording
+    result = run(["record", "--connect", free_endpoint(), "--out", str(tmp_path / "quiet.nfrec"),
+                  "--duration", "0.5"])
+    assert result.returncode == 0, result.stderr
+    assert 0.5 <= time.monotonic() - started < 30 and "wrote 0 frames" in result.stderr
+    assert len(Recording(tmp_path / "quiet.nfrec")) == 0
+
+
+def test_export_with_the_guide(tmp_path):
+    path = tmp_path / "g.nfrec"
+    with RecordingWriter(path) as writer:
+        for frame in frames(2):
+            writer.write(frame)
+    result = run(["export", str(path), "--png-dir", str(tmp_path / "plain")])
+    assert result.returncode == 0, result.stderr
+    result = run(["export", str(path), "--png-dir", str(tmp_path / "guided"), "--guide"])
+    assert result.returncode == 0, result.stderr
+    plain = Image.open(sorted((tmp_path / "plain").glob("*.png"))[0])
+    guided = Image.open(sorted((tmp_path / "guided").glob("*.png"))[0])
+    assert plain.size == (32, 12)
+    assert guided.size[0] > plain.size[0] and guided.size[1] >= plain.size[1]  # the guide beside it
+    # the picture itself is unchanged somewhere inside the guided one
+    big, small = np.asarray(guided.convert("RGB")), np.asarray(plain.convert("RGB"))
+    assert any(np.array_equal(big[y:y + 12, x:x + 32], small)
+               for y in range(big.shape[0] - 11) for x in range(big.shape[1] - 31))
+
+
 def test_truncated_recording_replays_up_to_the_cut(tmp_path):
     path = tmp_path / "cut.nfrec"
     with RecordingWriter(path) as writer:
