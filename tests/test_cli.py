@@ -57,6 +57,20 @@ def frames(n, start=0, session=5):
                   meta={"token": f"t{k}"}) for k in range(start, start + n)]
 
 
+def fed(endpoint, args, sent):
+    """Run the CLI with `args` while publishing `sent` on `endpoint` every 20 ms, until it exits
+    (it joins late and stops on its own); (process, its stderr)."""
+    with Publisher(endpoint, republish_s=None) as pub:
+        process = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for frame in sent:
+            if process.poll() is not None:
+                break
+            pub.publish(frame)
+            time.sleep(0.02)
+        _, err = process.communicate(timeout=30)
+    return process, err
+
+
 def gif_frames(path) -> int:
     with Image.open(path) as image:
         return image.n_frames
@@ -267,15 +281,7 @@ def test_cli_imports_without_torch():
 def test_record_then_export_and_replay(tmp_path):
     endpoint, path = free_endpoint(), tmp_path / "run.nfrec"
     sent = frames(400)
-    with Publisher(endpoint, republish_s=None) as pub:
-        recorder = subprocess.Popen([*CLI, "record", "--connect", endpoint, "--out", str(path), "--count", "10"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for frame in sent:  # until the recorder has joined and taken its 10 frames
-            if recorder.poll() is not None:
-                break
-            pub.publish(frame)
-            time.sleep(0.02)
-        _, err = recorder.communicate(timeout=30)
+    recorder, err = fed(endpoint, ["record", "--connect", endpoint, "--out", str(path), "--count", "10"], sent)
     assert recorder.returncode == 0, err
     assert "wrote 10 frames" in err
     recording = Recording(path)
@@ -299,15 +305,8 @@ def test_record_then_export_and_replay(tmp_path):
 
 def test_headless_view_and_record_stop_by_count_and_duration(tmp_path):
     endpoint = free_endpoint()
-    with Publisher(endpoint, republish_s=None) as pub:
-        viewer = subprocess.Popen([*CLI, "view", "--headless", "--connect", endpoint, "--count", "4", "--out",
-                                   str(tmp_path / "live")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for frame in frames(600):  # until the viewer has joined and taken its 4 frames
-            if viewer.poll() is not None:
-                break
-            pub.publish(frame)
-            time.sleep(0.02)
-        _, err = viewer.communicate(timeout=30)
+    viewer, err = fed(endpoint, ["view", "--headless", "--connect", endpoint, "--count", "4", "--out",
+                                 str(tmp_path / "live")], frames(600))
     assert viewer.returncode == 0, err
     assert len(list((tmp_path / "live").glob("frame_*.png"))) == 4
     started = time.monotonic()  # nobody publishing: --duration ends it with an empty recording
