@@ -105,14 +105,14 @@ def correctness(model, ids, steps: int) -> dict:
             with last_token_outputs(model) as recorded:  # independent hooks, cloned states
                 syncs = engine_syncs(lambda: model.generate(ids, **greedy_kwargs(steps)))
         runs[norm] = (frames, recorded, engine, syncs)
-    (frames, recorded, engine, syncs), (ref_frames, ref_recorded, ref_engine, _) = runs.values()
+    (frames, recorded, engine, syncs), (ref_frames, ref_recorded, ref_engine, ref_syncs) = runs.values()
     rows = _compare(frames, recorded)
     ref_rows = _compare(ref_frames, ref_recorded, norm="reference",
                         reference=(ref_frames[0].lo, ref_frames[0].hi) if ref_frames else None)
     good = lambda r: r["pixels_differing"] <= 1e-3 and max(r["lo_rel_diff"], r["hi_rel_diff"]) <= 1e-4
     ok = (len(frames) == len(recorded) == len(ref_frames) == len(ref_recorded) == steps
           and engine.error is None and ref_engine.error is None and all(map(good, rows + ref_rows))
-          and syncs.get("syncs_in_engine_code", 0) == 0)
+          and syncs.get("syncs_in_engine_code", 0) == ref_syncs.get("syncs_in_engine_code", 0) == 0)
     return {"ok": bool(ok), "frames": len(frames), "recorded": len(recorded), "syncs": syncs,
             "engine_stats": {k: v for k, v in engine.stats.items() if not isinstance(v, dict)},
             "steps": rows, "reference_norm_steps": ref_rows,

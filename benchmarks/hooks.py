@@ -48,6 +48,10 @@ def thin_mistral(layers: int, hidden: int, device="cpu", dtype=torch.bfloat16) -
         return transformers.MistralForCausalLM(config).to(dtype).eval()
 
 
+class _Cache:
+    """Stands in for a transformers Cache object: the same one at every decode step."""
+
+
 class _Returns(torch.nn.Module):
     """A stand-in decoder layer that returns a fixed output."""
 
@@ -82,7 +86,8 @@ def measure_token_hooks(layers: int = 32, hidden: int = 4096, device="cpu", dtyp
     g = torch.Generator().manual_seed(0)
     outputs = [torch.randn(1, 1, hidden, generator=g).to(device, dtype) for _ in range(layers)]
     bare, hooked = _Stack(outputs), _Stack(outputs)
-    ids, cache = torch.tensor([[5]], device=device), object()  # one known cache: decode steps
+    # one known cache object (weakly referable, as transformers' Cache objects are): decode steps
+    ids, cache = torch.tensor([[5]], device=device), _Cache()
 
     def block(way: str) -> float:
         engine._one_device = way != "copied"  # False: the per-layer copies, as for a split model
@@ -108,6 +113,8 @@ def measure_token_hooks(layers: int = 32, hidden: int = 4096, device="cpu", dtyp
             for way in WAYS:
                 block(way)  # warm-up
                 staged[way] = engine._staging.clone()
+            if engine._step < tokens:
+                raise RuntimeError(f"the stand-in tokens were not counted as decode steps ({engine._step})")
             for r in range(rounds):
                 for way in WAYS if r % 2 == 0 else WAYS[::-1]:
                     per_token[way].append(block(way))

@@ -281,17 +281,20 @@ class Engine:
             raise ValueError(f"row={self.row} but the batch has {source.shape[0]} rows")
         q_len = source.shape[1]
         cache = kwargs.get("past_key_values", kwargs.get("cache"))  # renamed in transformers 5.2x
-        if cache is None:  # no cache (use_cache=False): each forward reads the whole sequence
-            follows = self._uncached_length is not None and q_len == self._uncached_length + 1
+        known, self._cache_ref = self._cache_ref, None
+        if cache is None:  # no cache (use_cache=False): each forward reads the whole sequence;
+            # one longer than the last, in generation (training batches are no sequence)
+            follows = (self._uncached_length is not None and q_len == self._uncached_length + 1
+                       and not torch.is_grad_enabled())
         elif isinstance(cache, (tuple, list)):  # a legacy cache (transformers 4.x): a new tuple
             follows = len(cache) > 0            # every step, empty or None before the prefill
         else:  # a Cache object: the same one from the prefill to the last token
-            follows = self._cache_ref is not None and self._cache_ref() is cache
+            follows = known is not None and known() is cache
+            try:  # weakly: a finished sequence's cache must not stay alive here
+                self._cache_ref = weakref.ref(cache)
+            except TypeError:  # not weakly referable: every forward starts a sequence
+                pass
         self._uncached_length = q_len if cache is None else None
-        try:
-            self._cache_ref = None if cache is None else weakref.ref(cache)
-        except TypeError:  # tuples
-            self._cache_ref = None
         if follows:
             self._step += 1
             self._position = q_len - 1 if cache is None else self._position + q_len

@@ -46,7 +46,7 @@ def pick_attention(requested: str | None, device: str = "cpu", dtype: str = "aut
     """(attn_implementation, one line saying which and why).
 
     requested None: flash_attention_2 when flash-attn imports, the device is CUDA, the weights
-    are 16-bit (`dtype`: what they load in) and `model_class` supports it; else sdpa, or eager
+    are known to be 16-bit (`dtype`: what they load in) and `model_class` supports it; else sdpa, or eager
     for a class without sdpa (Bloom, MPT). requested flash_attention_2 where it cannot run: that
     fallback, and the line says why. Anything else is used as asked.
     """
@@ -59,8 +59,9 @@ def pick_attention(requested: str | None, device: str = "cpu", dtype: str = "aut
         why = "flash-attn is not installed"
     elif not (device.startswith("cuda") or device == "auto"):
         why = f"flash-attn needs a CUDA device, not {device}"
-    elif dtype == "float32":
-        why = "flash-attn needs float16 or bfloat16, not float32"
+    elif dtype not in ("bfloat16", "float16"):
+        why = (f"flash-attn needs float16 or bfloat16, not {dtype}" if dtype != "auto"
+               else "flash-attn needs 16-bit weights, and this checkpoint does not say its dtype")
     elif not supports(("_supports_flash_attn", "_supports_flash_attn_2")):  # (transformers 4.x name)
         why = f"{name} does not support flash-attn"
     if why is None:
@@ -74,11 +75,12 @@ def pick_attention(requested: str | None, device: str = "cpu", dtype: str = "aut
 
 
 def _weights_dtype(config, dtype: str) -> str:
-    """The dtype from_pretrained(dtype=...) will load the weights in, by name."""
+    """The dtype from_pretrained(dtype=...) will load the weights in, by name ("auto": the
+    checkpoint's config does not say)."""
     if dtype != "auto":
         return dtype
     saved = config.dtype if hasattr(config, "dtype") else getattr(config, "torch_dtype", None)  # 4.x
-    return str(saved or "float32").removeprefix("torch.")
+    return str(saved).removeprefix("torch.") if saved else "auto"
 
 
 def _pick_device(device: str | None, device_map: str | None) -> str:

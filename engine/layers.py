@@ -78,9 +78,11 @@ def module_device(module: torch.nn.Module) -> torch.device:
     """Where `module` computes: the execution device accelerate's hook gives it (device_map
     dispatch; an offloaded module's parameters wait on "meta" until its forward), else where
     its first parameter or buffer with data lives, else the CPU."""
-    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
-    if device is not None:
-        return torch.device(device)
+    hook = getattr(module, "_hf_hook", None)
+    for part in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
+        device = getattr(part, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
     for tensor in itertools.chain(module.parameters(), module.buffers()):
         if tensor.device.type != "meta":
             return tensor.device

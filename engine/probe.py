@@ -372,7 +372,10 @@ class ProbeCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         if getattr(self, "prober", None) is not None:
             self.prober.close()  # an earlier train() that raised never reached on_train_end
-        tokenizer = self.tokenizer or getattr(processing_class, "tokenizer", processing_class)
+        from transformers import PreTrainedTokenizerBase
+        tokenizer = self.tokenizer or processing_class
+        if not isinstance(tokenizer, PreTrainedTokenizerBase):  # a processor: its tokenizer
+            tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         self.prober = Prober(model, self.prompts, tokenizer=tokenizer,
                              rank=args.process_index, world=args.world_size, **self.options)
         self.probed, self._pending = [], None

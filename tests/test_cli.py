@@ -167,7 +167,7 @@ def test_pick_attention_falls_back_to_sdpa(monkeypatch):
     assert generate.pick_attention(None, "cuda")[0] == "sdpa"
     assert generate.pick_attention("eager", "cuda")[0] == "eager"
     monkeypatch.setattr(generate, "flash_attn_available", lambda: True)
-    assert generate.pick_attention(None, "cuda")[0] == "flash_attention_2"
+    assert generate.pick_attention(None, "cuda", "float16")[0] == "flash_attention_2"
     assert generate.pick_attention("flash_attention_2", "cuda:1", "bfloat16")[0] == "flash_attention_2"
     impl, line = generate.pick_attention("flash_attention_2", "cpu")
     assert impl == "sdpa" and "CUDA" in line
@@ -184,10 +184,12 @@ def test_pick_attention_follows_what_the_model_class_supports(monkeypatch):
     impl, line = generate.pick_attention(None, "cuda", "bfloat16", BloomForCausalLM)
     assert impl == "eager" and "BloomForCausalLM does not support flash-attn" in line and "sdpa" in line
     assert generate.pick_attention(None, "cpu", "auto", BloomForCausalLM)[0] == "eager"
-    # --dtype auto: the dtype the checkpoint was saved in decides; none saved loads float32
+    # --dtype auto: the dtype the checkpoint was saved in decides; flash-attn only when it is known
     assert generate._weights_dtype(BloomConfig(dtype="bfloat16"), "auto") == "bfloat16"
-    assert generate._weights_dtype(GPT2Config(), "auto") == "float32"
+    assert generate._weights_dtype(GPT2Config(), "auto") == "auto"
     assert generate._weights_dtype(GPT2Config(), "float16") == "float16"
+    impl, line = generate.pick_attention(None, "cuda", "auto", MistralForCausalLM)
+    assert impl == "sdpa" and "does not say its dtype" in line
 
 
 def test_generate_a_model_without_sdpa(tmp_path):
@@ -254,6 +256,26 @@ def test_not_a_recording(tmp_path):
     user_error(run(["view", "--replay", str(tmp_path / "missing.nfrec"), "--headless"]), "no such recording")
     user_error(run(["record", "--out", str(bogus), "--count", "1"]), "not a neuralflow recording")
     user_error(run(["export", str(bogus)]), "--gif")
+
+
+def test_only_path_errors_become_one_line(monkeypatch, capsys, tmp_path):
+    from neuralflow.viewer import cli, playback
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")  # no path: not the user's to fix by a flag
+
+    recording = tmp_path / "r.nfrec"
+    RecordingWriter(recording).close()
+    monkeypatch.setattr(playback, "export", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        cli.main(["export", str(recording), "--gif", str(tmp_path / "x.gif")])
+
+    def missing(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "gone"))
+
+    monkeypatch.setattr(playback, "export", missing)
+    assert cli.main(["export", str(recording), "--gif", str(tmp_path / "x.gif")]) == 2
+    assert capsys.readouterr().err.strip() == f"neuralflow: error: No such file or directory: {tmp_path / 'gone'}"
 
 
 def test_paths_that_cannot_be_written(tmp_path):

@@ -117,7 +117,11 @@ def test_steps_counted_without_a_cache_object():
                            (prompt(length=1), ((key, key),)), (prompt(length=3), None)):
             engine._start((ids,), {"past_key_values": cache})
             seen.append((engine._step, engine._position))
-    assert seen == [(0, 4), (1, 5), (2, 6), (0, 2)]
+        with torch.enable_grad():  # training batches one token longer than the last: no sequence
+            for length in (5, 6):
+                engine._start((prompt(length=length),), {})
+                seen.append((engine._step, engine._position))
+    assert seen == [(0, 4), (1, 5), (2, 6), (0, 2), (0, 4), (0, 5)]
 
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))

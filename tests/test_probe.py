@@ -271,6 +271,15 @@ def test_trainer_with_a_processor_probes_through_its_tokenizer(tmp_path):
     assert probe.probed == [0, 1, 2]
     assert [f.meta["token"] for f in probe.prober.frames["probe0"]] == ["o"] * 3
 
+    # a real tokenizer that keeps something else in .tokenizer (mistral-common's does) is used as is
+    from neuralflow.engine.demo import byte_tokenizer
+    tokenizer = byte_tokenizer()
+    tokenizer.tokenizer = "not a tokenizer"
+    probe = ProbeCallback("hello", every=1, width=32)
+    Trainer(model=tiny("mistral", vocab_size=len(tokenizer)), args=args, train_dataset=dataset(8),
+            processing_class=tokenizer, callbacks=[probe]).train()
+    assert [f.meta["token"] for f in probe.prober.frames["probe0"]] == ["o"] * 3
+
 
 def test_probe_inside_bf16_autocast():
     """A plain loop that probes inside its autocast region: states are taken as float32."""

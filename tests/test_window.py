@@ -353,7 +353,7 @@ def test_hover_text_in_process(display, monkeypatch):
 
 
 def test_keys_before_the_first_frame_keep_the_window_live(display, monkeypatch):
-    """Left, right or period pressed while waiting: the first frame still shows, live."""
+    """Left or right pressed while waiting: the first frame still shows, live."""
     monkeypatch.setenv("DISPLAY", display)
     import tkinter as tk
 

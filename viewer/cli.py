@@ -319,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neuralflow: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as err:  # a path that cannot be written or read (a file where a folder goes, ...)
-        where = f": {err.filename}" if err.filename else ""
-        print(f"neuralflow: error: {err.strerror or err}{where}", file=sys.stderr)
+        if err.filename is None:
+            raise  # not about a path the user gave: a bug or the system's trouble, shown in full
+        print(f"neuralflow: error: {err.strerror or err}: {err.filename}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("neuralflow: interrupted", file=sys.stderr)
