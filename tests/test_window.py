@@ -307,6 +307,10 @@ def test_window_shows_frames_guide_and_reacts_to_keys(window, tmp_path):
     window.pub.close()
     wait_for(lambda: "silent" in window.title(), 5, "state silent")
 
+    # q quits, cleanly.
+    window.key("q")
+    assert window.proc.wait(10) == 0
+
 
 def test_hover_text_in_process(display, monkeypatch):
     """Hover text (layer, dim, value and range), driven by event_generate in this process,
