@@ -192,6 +192,13 @@ def test_pick_attention_follows_what_the_model_class_supports(monkeypatch):
     assert impl == "sdpa" and "does not say its dtype" in line
 
 
+def test_generate_with_device_map(checkpoint):
+    result = run(["generate", "--model", str(checkpoint), "--prompt", "Alice", "--max-new-tokens", "2",
+                  "--device-map", "auto", "--no-publish", "--width", "32"])
+    assert result.returncode == 0, result.stderr
+    assert "2 frames captured" in result.stderr
+
+
 def test_generate_a_model_without_sdpa(tmp_path):
     """Bloom has neither flash-attn nor sdpa: the default attention must still load it."""
     from neuralflow.engine.demo import byte_tokenizer
