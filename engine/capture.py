@@ -66,6 +66,11 @@ class _Shipped:
     time_ns: int
 
 
+def _cached_length(cache) -> int | None:
+    """How many positions a DynamicCache holds (its tensors' shape: no device sync), else None."""
+    return cache.get_seq_length() if type(cache).__name__ == "DynamicCache" else None
+
+
 class Engine:
     """Capture one frame per forward pass of `model` while attached (a context manager).
 
@@ -288,8 +293,10 @@ class Engine:
                        and not torch.is_grad_enabled())
         elif isinstance(cache, (tuple, list)):  # a legacy cache (transformers 4.x): a new tuple
             follows = len(cache) > 0            # every step, empty or None before the prefill
-        else:  # a Cache object: the same one from the prefill to the last token
-            follows = known is not None and known() is cache
+        else:  # a Cache object: the same one from the prefill to the last token, or the one
+            # the last, uncached-looking forward made itself (a hand-written decode loop)
+            follows = (known is not None and known() is cache) or (
+                self._uncached_length is not None and _cached_length(cache) == self._uncached_length)
             try:  # weakly: a finished sequence's cache must not stay alive here
                 self._cache_ref = weakref.ref(cache)
             except TypeError:  # not weakly referable: every forward starts a sequence

@@ -102,7 +102,8 @@ def test_second_generate_starts_again_at_step_zero():
 
 def test_steps_counted_without_a_cache_object():
     """use_cache=False re-reads the whole sequence each forward; transformers 4.x passed some
-    models a new legacy tuple cache every step. Both still count steps and positions."""
+    models a new legacy tuple cache every step; a hand-written loop passes on the cache its
+    prefill made. All still count steps and positions."""
     model = tiny("llama")
     frames = []
     with Engine(model, width=64, on_frame=frames.append, strict=True):
@@ -110,6 +111,15 @@ def test_steps_counted_without_a_cache_object():
         greedy(model, prompt(length=4), 2, use_cache=False)
     assert [f.step for f in frames] == [0, 1, 2, 0, 1]
     assert [f.position for f in frames] == [4, 5, 6, 3, 4]
+
+    # a hand-written decode loop: the prefill makes its own cache, later calls pass it on
+    frames = []
+    ids = prompt()
+    with Engine(model, width=64, on_frame=frames.append, strict=True), torch.no_grad():
+        out = model(ids, use_cache=True)
+        for _ in range(2):
+            out = model(out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values, use_cache=True)
+    assert [(f.step, f.position) for f in frames] == [(0, 4), (1, 5), (2, 6)]
 
     key, seen = torch.zeros(1, 2, 5, 16), []
     with Engine(model) as engine:  # the start hook alone, as transformers 4.x called it
