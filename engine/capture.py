@@ -68,7 +68,12 @@ class _Shipped:
 
 def _cached_length(cache) -> int | None:
     """How many positions a DynamicCache holds (its tensors' shape: no device sync), else None."""
-    return cache.get_seq_length() if type(cache).__name__ == "DynamicCache" else None
+    if type(cache).__name__ != "DynamicCache":
+        return None
+    try:
+        return cache.get_seq_length()
+    except Exception:  # layers with no length (linear attention, say)
+        return None
 
 
 class Engine:
@@ -287,16 +292,19 @@ class Engine:
         q_len = source.shape[1]
         cache = kwargs.get("past_key_values", kwargs.get("cache"))  # renamed in transformers 5.2x
         known, self._cache_ref = self._cache_ref, None
+        past = 0  # positions the cache of a new sequence already holds (a reused prefix)
         if cache is None:  # no cache (use_cache=False): each forward reads the whole sequence;
-            # one longer than the last, in generation (training batches are no sequence)
+            # one longer than the last continues it, outside training (batches are no sequence)
             follows = (self._uncached_length is not None and q_len == self._uncached_length + 1
-                       and not torch.is_grad_enabled())
+                       and not self.model.training)
         elif isinstance(cache, (tuple, list)):  # a legacy cache (transformers 4.x): a new tuple
             follows = len(cache) > 0            # every step, empty or None before the prefill
         else:  # a Cache object: the same one from the prefill to the last token, or the one
             # the last, uncached-looking forward made itself (a hand-written decode loop)
-            follows = (known is not None and known() is cache) or (
-                self._uncached_length is not None and _cached_length(cache) == self._uncached_length)
+            follows = known is not None and known() is cache
+            if not follows:
+                past = _cached_length(cache) or 0
+                follows = past > 0 and past == self._uncached_length
             try:  # weakly: a finished sequence's cache must not stay alive here
                 self._cache_ref = weakref.ref(cache)
             except TypeError:  # not weakly referable: every forward starts a sequence
@@ -306,7 +314,7 @@ class Engine:
             self._step += 1
             self._position = q_len - 1 if cache is None else self._position + q_len
         else:  # a new sequence: step 0 is its prefill
-            self._step, self._position = 0, q_len - 1
+            self._step, self._position = 0, past + q_len - 1
         # here, outside any compiled graph: this step's input_ids is a new tensor, and a graph
         # that read it through an attribute would take it as a static input and re-record its
         # CUDA graph on every step (seen on an H200; tests/test_compile.py checks it)

@@ -268,14 +268,21 @@ def test_not_a_recording(tmp_path):
 def test_only_path_errors_become_one_line(monkeypatch, capsys, tmp_path):
     from neuralflow.viewer import cli, playback
 
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")  # no path: not the user's to fix by a flag
+    def broken(*args, **kwargs):
+        raise OSError(5, "Input/output error")  # no path: not the user's to fix by a flag
 
     recording = tmp_path / "r.nfrec"
     RecordingWriter(recording).close()
-    monkeypatch.setattr(playback, "export", full_disk)
-    with pytest.raises(OSError, match="No space"):
+    monkeypatch.setattr(playback, "export", broken)
+    with pytest.raises(OSError, match="Input/output"):
         cli.main(["export", str(recording), "--gif", str(tmp_path / "x.gif")])
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(playback, "export", full_disk)
+    assert cli.main(["export", str(recording), "--gif", str(tmp_path / "x.gif")]) == 2
+    assert capsys.readouterr().err.strip() == "neuralflow: error: No space left on device"
 
     def missing(*args, **kwargs):
         raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "gone"))

@@ -120,6 +120,15 @@ def test_steps_counted_without_a_cache_object():
         for _ in range(2):
             out = model(out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values, use_cache=True)
     assert [(f.step, f.position) for f in frames] == [(0, 4), (1, 5), (2, 6)]
+    # a reused prefix: the first generate continues the prefix's forward, the second (a copy
+    # of the same prefix) starts a sequence at step 0, its position after the prefix
+    import copy
+    frames.clear()
+    with Engine(model, width=64, on_frame=frames.append, strict=True), torch.no_grad():
+        prefix = model(ids[:, :3], use_cache=True).past_key_values
+        for _ in range(2):
+            greedy(model, ids, 2, past_key_values=copy.deepcopy(prefix))
+    assert [(f.step, f.position) for f in frames] == [(0, 2), (1, 4), (2, 5), (0, 4), (1, 5)]
 
     key, seen = torch.zeros(1, 2, 5, 16), []
     with Engine(model) as engine:  # the start hook alone, as transformers 4.x called it
@@ -127,10 +136,11 @@ def test_steps_counted_without_a_cache_object():
                            (prompt(length=1), ((key, key),)), (prompt(length=3), None)):
             engine._start((ids,), {"past_key_values": cache})
             seen.append((engine._step, engine._position))
-        with torch.enable_grad():  # training batches one token longer than the last: no sequence
-            for length in (5, 6):
-                engine._start((prompt(length=length),), {})
-                seen.append((engine._step, engine._position))
+        model.train()  # training batches one token longer than the last: no sequence
+        for length in (5, 6):
+            engine._start((prompt(length=length),), {})
+            seen.append((engine._step, engine._position))
+        model.eval()
     assert seen == [(0, 4), (1, 5), (2, 6), (0, 2), (0, 4), (0, 5)]
 
 

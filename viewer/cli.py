@@ -17,6 +17,7 @@ missing folder, busy port, no display, a file that is not a recording) prints on
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -318,10 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, RecordingError, PublishError) as err:
         print(f"neuralflow: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except OSError as err:  # a path that cannot be written or read (a file where a folder goes, ...)
-        if err.filename is None:
-            raise  # not about a path the user gave: a bug or the system's trouble, shown in full
-        print(f"neuralflow: error: {err.strerror or err}: {err.filename}", file=sys.stderr)
+    except OSError as err:  # a path that cannot be written or read (a file where a folder goes,
+        # a full disk, ...); anything else is a bug or the system's trouble, shown in full
+        if err.filename is None and err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"neuralflow: error: {err.strerror or err}{where}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("neuralflow: interrupted", file=sys.stderr)
