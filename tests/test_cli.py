@@ -192,6 +192,17 @@ def test_pick_attention_follows_what_the_model_class_supports(monkeypatch):
     assert impl == "sdpa" and "does not say its dtype" in line
 
 
+def test_generate_into_a_closed_pipe(checkpoint):
+    """`neuralflow generate ... | head -1`: the reader goes away, generate stops quietly."""
+    process = subprocess.Popen([*CLI, "generate", "--model", str(checkpoint), "--prompt", "Alice",
+                                "--max-new-tokens", "40", "--no-publish", "--width", "32"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 141, err
+    assert "Traceback" not in err
+
+
 def test_generate_with_device_map(checkpoint):
     result = run(["generate", "--model", str(checkpoint), "--prompt", "Alice", "--max-new-tokens", "2",
                   "--device-map", "auto", "--no-publish", "--width", "32"])

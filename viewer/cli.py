@@ -319,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, RecordingError, PublishError) as err:
         print(f"neuralflow: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # whoever read our output went away (| head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no complaint at exit
+        return 128 + 13  # as if killed by SIGPIPE, like other command-line tools
     except OSError as err:  # a path that cannot be written or read (a file where a folder goes,
         # a full disk, ...); anything else is a bug or the system's trouble, shown in full
         if err.filename is None and err.errno not in (errno.ENOSPC, errno.EDQUOT):
