@@ -8,6 +8,7 @@ bundled text, the in-process window source). Tests: tests/test_probe.py.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,10 +27,11 @@ def run_train_demo(args) -> dict:
     120 (the paragraph is memorized).
     Frames go to a viewer window in this process when there is a display (closing it stops
     training), to `endpoint` when given, and always to OUT/alice_*.png and .gif (plain and
-    difference to step 0). Reads these attributes of `args` when present and not None: quick,
-    steps (120; 12 quick), every (4), lr (1e-3), seed (0), out ("neuralflow-train"),
-    endpoint (none), window (None: when a window can open). Returns {"out", "frames",
-    "drift", "jumps", "seconds"}. Runs on one thread: about 35 s on a busy 2-core machine.
+    difference to step 0) and to the recording OUT/alice.nfrec. Reads these attributes of
+    `args` when present and not None: quick, steps (120; 12 quick), every (4), lr (1e-3),
+    seed (0), out ("neuralflow-train"), endpoint (none), window (None: when a window can
+    open). Returns {"out", "frames", "recording", "drift", "jumps", "seconds"}. Runs on one
+    thread: about 35 s on a busy 2-core machine.
     """
     import sys
 
@@ -76,11 +78,15 @@ def _train_demo(steps, every, lr, seed, endpoint, out, window, say, started) -> 
     data = [{"input_ids": ids[k:k + 64], "labels": ids[k:k + 64]} for k in range(0, len(ids) - 64, 32)]
 
     source = demo.QueueSource() if window else None
+    out.mkdir(parents=True, exist_ok=True)
+    recording = out / "alice.nfrec"
+    recording.unlink(missing_ok=True)  # a rerun replaces the last run's recording
     probe = ProbeCallback({"alice": "Alice was beginning to get very tired of sitting by her sister"},
                           tokenizer=tokenizer, every=every, width=64, layout="layers",
-                          publish=endpoint, label="demo --train",
+                          publish=endpoint, recording=recording, label="demo --train",
                           on_frame=source.frames.put if source else None)
-    targs = TrainingArguments(output_dir=str(out / "trainer"), max_steps=steps, learning_rate=lr,
+    scratch = tempfile.TemporaryDirectory(prefix="neuralflow-train-")  # the Trainer's output_dir; saves nothing
+    targs = TrainingArguments(output_dir=scratch.name, max_steps=steps, learning_rate=lr,
                               per_device_train_batch_size=8, lr_scheduler_type="constant",
                               weight_decay=0.0, report_to="none", save_strategy="no", logging_steps=every,
                               disable_tqdm=True, seed=seed, use_cpu=True)
@@ -92,16 +98,18 @@ def _train_demo(steps, every, lr, seed, endpoint, out, window, say, started) -> 
     trainer.add_callback(_DemoLines(say, stop))
     say(f"a {layers}-layer Mistral (random init) fine-tuned from layer {frozen} up on "
         f"{len(passage)} bytes of Alice, lr {lr}, {steps} steps, a probe every {every}")
-    if window:
-        _train_in_window(trainer, source, stop, out, say)
-    else:
-        trainer.train()
+    with scratch:
+        if window:
+            _train_in_window(trainer, source, stop, out, say)
+        else:
+            trainer.train()
 
     frames = probe.prober.frames["alice"]
     gifs = [export_timeline(frames, out, mode=mode, name=f"alice_{mode}")["gif"] for mode in ("plain", "diff")]
     seconds = time.monotonic() - started
-    say(f"{len(frames)} probes in {seconds:.0f} s; wrote PNGs and {gifs[0]}, {gifs[1]}")
-    return {"out": out, "frames": frames, "drift": probe.prober.drift["alice"],
+    say(f"{len(frames)} probes in {seconds:.0f} s; wrote PNGs, {gifs[0]}, {gifs[1]} and {recording} "
+        f"(neuralflow view --replay {recording})")
+    return {"out": out, "frames": frames, "recording": recording, "drift": probe.prober.drift["alice"],
             "jumps": probe.prober.jumps, "seconds": seconds}
 
 

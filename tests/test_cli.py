@@ -122,6 +122,23 @@ def test_demo_without_display_writes_pngs_gif_and_recording(tmp_path):
     print(f"demo --quick: {time.monotonic() - started:.1f} s")
 
 
+
+def test_demo_train_without_display_writes_gifs_and_a_recording(tmp_path):
+    out = tmp_path / "train"
+    result = run(["demo", "--train", "--quick", "--out", str(out)])  # 12 steps, a probe every 4
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "jump at layer 4" in result.stderr
+    assert "neuralflow view --replay" in result.stderr
+    assert gif_frames(out / "alice_plain.gif") == gif_frames(out / "alice_diff.gif") == 4
+    recording = Recording(out / "alice.nfrec")
+    assert [f.step for f in recording] == [0, 4, 8, 12] and not recording.truncated
+    assert recording[0].layers == 12 and recording[0].meta["probe"] == "alice"
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == []  # nothing of the Trainer's left
+
+
+def test_demo_train_refuses_flags_it_would_ignore():
+    user_error(run(["demo", "--train", "--tokens", "5", "--save", "x"]), "--tokens", "--save", "--train")
+
 # ---- generate ----------------------------------------------------------------------------------
 
 def test_generate_streams_one_frame_per_forward(checkpoint):

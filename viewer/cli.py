@@ -109,6 +109,11 @@ def _publisher(endpoint: str | None):
 # ---- commands ------------------------------------------------------------------------------
 
 def cmd_demo(args) -> int:
+    if args.train:
+        ignored = [f"--{name.replace('_', '-')}" for name in ("tokens", "prompt", "wait_viewer", "pace", "save")
+                   if getattr(args, name) is not None]
+        if ignored:
+            raise UserError(f"{', '.join(ignored)}: not used by demo --train")
     if args.publish:
         _publisher(args.publish).close()  # a busy port fails now, not after training
     _need_engine("demo")
@@ -236,11 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("demo", help="train a tiny Mistral on Alice in Wonderland, then watch it write "
                             "(about a minute on 2 CPU cores, nothing downloaded)")
     p.add_argument("--quick", action="store_true", help="a few seconds: 20 training steps, 24 tokens")
-    p.add_argument("--steps", type=_positive(int), help="training steps (default 240; with --train 80)")
+    p.add_argument("--steps", type=_positive(int), help="training steps (default 240; with --train 120)")
     p.add_argument("--tokens", type=_positive(int), help="tokens to generate (default 160)")
     p.add_argument("--prompt", help="start of the text to continue (default 'Alice was ')")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--out", help="folder for PNGs, GIF and recording (default ./neuralflow-demo)")
+    p.add_argument("--out", help="folder for PNGs, GIF and recording (default ./neuralflow-demo; "
+                   "with --train ./neuralflow-train)")
     p.add_argument("--headless", action="store_true", help="no window even if there is a display")
     p.add_argument("--publish", metavar="ENDPOINT", help="also stream frames here for other viewers")
     p.add_argument("--wait-viewer", type=float, metavar="S",
