@@ -79,7 +79,8 @@ def _cached_length(cache) -> int | None:
 class Engine:
     """Capture one frame per forward pass of `model` while attached (a context manager).
 
-    row: batch row to watch. width, layout, norm: see `render`. reference: lo/hi for
+    row: batch row to watch; with beam search or num_return_sequences a row of the expanded
+    batch (prompt b's k-th beam is row b * beams + k). width, layout, norm: see `render`. reference: lo/hi for
     norm="reference" (a Picture, a Frame or a (lo, hi) pair); None freezes the first frame's
     seed statistics. on_frame: callable(Frame) run on the delivery thread. publish: a ZeroMQ
     endpoint to stream frames to. tokenizer: decodes token ids into meta["token"].
@@ -112,8 +113,9 @@ class Engine:
         self.publish_endpoint = publish
         self.publisher = None
         self.stats = {"captured": 0, "delivered": 0, "dropped": 0, "sink_errors": 0, "stale": 0,
-                      "delivery_cpu_s": 0.0}
+                      "partial": 0, "delivery_cpu_s": 0.0}
         self.error: BaseException | None = None
+        self._seq = 0  # frame sequence numbers, over every attach of this Engine (one session)
         self._handles: list = []
         self._thread: threading.Thread | None = None
         # one object per hook for the Engine's life: code compiled with the hooks guards on
@@ -144,14 +146,22 @@ class Engine:
             raise RuntimeError(
                 "this is a torch.compile wrapper: attach the Engine to the uncompiled model first "
                 "(or to wrapper._orig_mod), then call the compiled one")
-        if not self._allocated:
-            self._allocate()
+        if not self._allocated or self._staging.device != module_device(self.layers[-1]):
+            # buffers made here must be plain tensors: made under inference_mode, writing them
+            # after it would fail
+            with torch.inference_mode(False):
+                self._allocate()
+        self.error = None  # this attach's errors only
         if self.publish_endpoint:
             from neuralflow.viewer.stream import Publisher
             self.publisher = Publisher(self.publish_endpoint)
             self.sinks.append(self.publisher.publish)
-        self._cache_ref = self._uncached_length = None  # what the last forward's cache was
+        # (step, position) of the last forward with each cache object, held weakly: a finished
+        # sequence's cache must not stay alive here
+        self._sequences: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._uncached_length = None  # the last forward's length when it had no cache object
         self._step, self._position = 0, 0
+        self._rendered = False
         self._last_frame = None  # the delivery thread's previous frame, for _check_fresh
         self._enabled = True
         self._free: queue.SimpleQueue = queue.SimpleQueue()
@@ -203,7 +213,6 @@ class Engine:
             self._ref_lo = torch.zeros(layers, dtype=torch.float32, device=device)
             self._ref_hi = torch.ones(layers, dtype=torch.float32, device=device)
         self._ref_ready = self.reference is not None
-        self._seq = 0
         self._one_device = len({module_device(layer) for layer in self.layers}) == 1
         self._hold, self._held = False, [None] * layers
         for buffer in (self._staging, self._pixels, self._lo, self._hi, self._token,
@@ -291,30 +300,9 @@ class Engine:
             raise ValueError(f"row={self.row} but the batch has {source.shape[0]} rows")
         q_len = source.shape[1]
         cache = kwargs.get("past_key_values", kwargs.get("cache"))  # renamed in transformers 5.2x
-        known, self._cache_ref = self._cache_ref, None
-        past = 0  # positions the cache of a new sequence already holds (a reused prefix)
-        if cache is None:  # no cache (use_cache=False): each forward reads the whole sequence;
-            # one longer than the last continues it, outside training (batches are no sequence)
-            follows = (self._uncached_length is not None and q_len == self._uncached_length + 1
-                       and not self.model.training)
-        elif isinstance(cache, (tuple, list)):  # a legacy cache (transformers 4.x): a new tuple
-            follows = len(cache) > 0            # every step, empty or None before the prefill
-        else:  # a Cache object: the same one from the prefill to the last token, or the one
-            # the last, uncached-looking forward made itself (a hand-written decode loop)
-            follows = known is not None and known() is cache
-            if not follows:
-                past = _cached_length(cache) or 0
-                follows = past > 0 and past == self._uncached_length
-            try:  # weakly: a finished sequence's cache must not stay alive here
-                self._cache_ref = weakref.ref(cache)
-            except TypeError:  # not weakly referable: every forward starts a sequence
-                pass
+        self._step, self._position = self._place(cache, q_len)
         self._uncached_length = q_len if cache is None else None
-        if follows:
-            self._step += 1
-            self._position = q_len - 1 if cache is None else self._position + q_len
-        else:  # a new sequence: step 0 is its prefill
-            self._step, self._position = 0, past + q_len - 1
+        self._rendered = False
         # here, outside any compiled graph: this step's input_ids is a new tensor, and a graph
         # that read it through an attribute would take it as a static input and re-record its
         # CUDA graph on every step (seen on an H200; tests/test_compile.py checks it)
@@ -325,6 +313,35 @@ class Engine:
         # holding the layer outputs is cheap only for one new position, and safe only without
         # autograd (no graph kept alive) and on one device (one torch.cat)
         self._hold = q_len == 1 and self._one_device and not torch.is_grad_enabled()
+
+    def _place(self, cache, q_len: int) -> tuple[int, int]:
+        """(step, position) of this forward's last token: step 0 is a sequence's prefill, each
+        later forward of the same sequence is one step more."""
+        if cache is None:  # no cache (use_cache=False): each forward reads the whole sequence;
+            # one longer than the last continues it, outside training (batches are no sequence)
+            if (self._uncached_length is not None and q_len == self._uncached_length + 1
+                    and not self.model.training):
+                return self._step + 1, q_len - 1
+            return 0, q_len - 1
+        if isinstance(cache, (tuple, list)):  # a legacy cache (transformers 4.x): a new tuple
+            # every step, empty or None before the prefill
+            return (self._step + 1, self._position + q_len) if len(cache) else (0, q_len - 1)
+        try:
+            last, known = self._sequences.get(cache), True
+        except TypeError:  # not weakly referable (or hashable): each forward is a new sequence
+            last, known = None, False
+        past = _cached_length(cache)  # a DynamicCache knows its length; others cost a sync
+        if past is None:  # (a StaticCache, say): the same object continues its sequence
+            step, position = (0, q_len - 1) if last is None else (last[0] + 1, last[1] + q_len)
+        elif past == 0:  # empty: a new sequence (or the same cache reset)
+            step, position = 0, q_len - 1
+        elif last is not None:  # the same sequence: positions from the cache, which assisted
+            step, position = last[0] + 1, past + q_len - 1  # decoding crops and reset() empties
+        else:  # a new sequence over a reused prefix
+            step, position = 0, past + q_len - 1
+        if known:
+            self._sequences[cache] = (step, position)
+        return step, position
 
     def _layer_hook(self, i: int):
         last = i == len(self.layers) - 1
@@ -365,13 +382,32 @@ class Engine:
             self._ref_lo.copy_(self._lo)
             self._ref_hi.copy_(self._hi)
             self._ref_ready = True
+        self._rendered = True
 
     @torch.compiler.disable
     def _on_model_end(self, module, args, output):
-        self._guarded(self._ship)
+        self._guarded(self._end, output)
+
+    def _end(self, output) -> None:
+        if self._uncached_length is not None:  # called without a cache: the one the model made
+            # for itself (if any) continues this sequence (a hand-written decode loop passes it on)
+            cache = getattr(output, "past_key_values", None)
+            if cache is not None and not isinstance(cache, (tuple, list)):
+                try:
+                    self._sequences[cache] = (self._step, self._position)
+                except TypeError:  # not weakly referable
+                    pass
+        self._ship()
 
     def _ship(self) -> None:
         self._hold = False  # until the next start hook says what the next forward is
+        if not self._rendered:  # no picture: the last layer's hook did not run
+            self.stats["partial"] += 1
+            if self.stats["partial"] == 1:
+                log.warning("neuralflow: a forward pass ended without the last decoder layer's "
+                            "hook running, so it has no frame: an early-exit draft, or compiled "
+                            "code that skips the hooks (attach the Engine first, then compile)")
+            return
         seq = self._seq
         self._seq += 1
         self.stats["captured"] += 1
@@ -446,10 +482,17 @@ class Engine:
                 and frame.hi.tobytes() == last.hi.tobytes()
                 and frame.pixels.tobytes() == last.pixels.tobytes()):
             self.stats["stale"] += 1
-            if self.stats["stale"] == 1:
-                log.error("neuralflow: step %d repeats the previous frame exactly: the layer hooks "
-                          "are not running (model compiled before the Engine attached?); attach "
-                          "the Engine first, then compile", frame.step)
+            if self.stats["stale"] > 1:
+                return
+            if self.norm == "reference" and not ((frame.pixels > 0) & (frame.pixels < 255)).any():
+                # a fixed range can leave every value outside it, on every step
+                log.error("neuralflow: step %d repeats the previous frame exactly, every pixel at "
+                          "an end of the reference range: either the states left that range or "
+                          "the layer hooks are not running", frame.step)
+            else:
+                log.error("neuralflow: step %d repeats the previous frame exactly: the layer "
+                          "hooks are not running (model compiled before the Engine attached?); "
+                          "attach the Engine first, then compile", frame.step)
 
     def _consumer_failed(self, what: str, err: Exception) -> None:
         self.stats["sink_errors"] += 1

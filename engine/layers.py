@@ -70,8 +70,11 @@ def hidden_size(model: torch.nn.Module) -> int:
 
 def layer_output(output) -> torch.Tensor:
     """The hidden states [batch, seq, hidden] a decoder layer returned: a tensor in
-    transformers 5, the first item of a tuple in 4.x."""
-    return output[0] if isinstance(output, (tuple, list)) else output
+    transformers 5, the first item of a tuple in 4.x. Gemma 3n's layers return [streams,
+    batch, seq, hidden] (AltUp): stream 0 is the active one (altup_active_idx), the one the
+    layer computes on; the others are its predictions."""
+    hidden = output[0] if isinstance(output, (tuple, list)) else output
+    return hidden[0] if hidden.dim() == 4 else hidden
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

@@ -73,7 +73,9 @@ def seed_stats(x: torch.Tensor, per_layer: bool) -> tuple[torch.Tensor, torch.Te
     mean = zeroed.sum(dim=dim) / n.clamp_min(1.0)
     centred = zeroed - (mean[:, None] if per_layer else mean)
     # each zeroed entry added (0 - mean)^2 to the sum: take it back out
-    var = (centred.square().sum(dim=dim) - bad * mean.square()) / (n - 1.0).clamp_min(1.0)
+    # (bad * mean * mean, not bad * mean.square(): with no bad entry it is 0 even where the
+    # square overflows, as in _host_frame_math, which leaves this term out)
+    var = (centred.square().sum(dim=dim) - bad * mean * mean) / (n - 1.0).clamp_min(1.0)
     lo, hi = mean - SPREAD * var, mean + SPREAD * var
     if not per_layer:
         lo, hi = lo.expand(x.shape[0]), hi.expand(x.shape[0])

@@ -79,14 +79,16 @@ def test_static_cache_compiled_generate_interleaved_with_uncaptured_runs():
 
 
 def test_stale_frames_from_skipped_hooks_are_reported(monkeypatch, caplog):
-    """If compiled code ever skipped the layer hooks, the frames would repeat: said, not silent."""
+    """If the layer states were ever not copied, the frames would repeat: said, not silent."""
     import neuralflow.engine.capture as capture
     model = tiny("mistral", num_hidden_layers=2)
     original = capture.Engine._capture_layer
 
-    def only_prefill(self, i, last, output):
+    def only_prefill(self, i, last, output):  # states copied at the prefill only
         if self._step == 0:
             original(self, i, last, output)
+        elif last:
+            self._render()
 
     monkeypatch.setattr(capture.Engine, "_capture_layer", only_prefill)
     ids = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(4))
@@ -94,6 +96,27 @@ def test_stale_frames_from_skipped_hooks_are_reported(monkeypatch, caplog):
         greedy(model, ids, 4)
     assert engine.stats["stale"] == 3
     assert "layer hooks are not running" in caplog.text
+
+
+def test_forwards_whose_hooks_never_ran_are_reported_not_shipped(monkeypatch, caplog):
+    """A forward whose last layer's hook did not run (an early-exit draft; compiled code that
+    skips the hooks) ships no frame, and that is said, not silent."""
+    import neuralflow.engine.capture as capture
+    model = tiny("mistral", num_hidden_layers=2)
+    original = capture.Engine._layer_hook
+
+    def prefill_only(self, i):
+        hook = original(self, i)
+        return lambda module, args, output: hook(module, args, output) if self._step == 0 else None
+
+    monkeypatch.setattr(capture.Engine, "_layer_hook", prefill_only)
+    ids = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(4))
+    frames = []
+    with Engine(model, width=32, on_frame=frames.append) as engine:
+        greedy(model, ids, 4)
+    assert [f.step for f in frames] == [0] and [f.seq for f in frames] == [0]
+    assert engine.stats["partial"] == 3 and engine.stats["captured"] == 1
+    assert "without the last decoder layer's hook running" in caplog.text
 
 
 def cuda_graph_hazards(model, ids, capture, how="static"):

@@ -120,15 +120,15 @@ def test_steps_counted_without_a_cache_object():
         for _ in range(2):
             out = model(out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values, use_cache=True)
     assert [(f.step, f.position) for f in frames] == [(0, 4), (1, 5), (2, 6)]
-    # a reused prefix: the first generate continues the prefix's forward, the second (a copy
-    # of the same prefix) starts a sequence at step 0, its position after the prefix
+    # a reused prefix: each generate over a copy of it starts a sequence at step 0, its
+    # position after the prefix
     import copy
     frames.clear()
     with Engine(model, width=64, on_frame=frames.append, strict=True), torch.no_grad():
         prefix = model(ids[:, :3], use_cache=True).past_key_values
         for _ in range(2):
             greedy(model, ids, 2, past_key_values=copy.deepcopy(prefix))
-    assert [(f.step, f.position) for f in frames] == [(0, 2), (1, 4), (2, 5), (0, 4), (1, 5)]
+    assert [(f.step, f.position) for f in frames] == [(0, 2), (0, 4), (1, 5), (0, 4), (1, 5)]
 
     key, seen = torch.zeros(1, 2, 5, 16), []
     with Engine(model) as engine:  # the start hook alone, as transformers 4.x called it
@@ -504,3 +504,135 @@ def test_copies_to_the_host_are_queued_only_where_an_event_tracks_them(monkeypat
         greedy(model, prompt(), 2)
     assert engine.stats["delivered"] == 2
     assert flags == [False] * 8  # pixels, lo, hi, token per frame
+
+
+def true_positions(model):
+    """A pre-hook that records each forward's true last position (cache length + new tokens - 1)."""
+    seen = []
+
+    def record(module, args, kwargs):
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        seen.append((cache.get_seq_length() if cache is not None else 0) + ids.shape[1] - 1)
+
+    return seen, model.register_forward_pre_hook(record, with_kwargs=True)
+
+
+def test_positions_follow_the_cache_when_it_is_cropped_reset_or_one_of_two():
+    """Prompt-lookup decoding crops the cache after rejected guesses; a cache reset() starts a
+    new sequence in the same object; classifier-free guidance alternates two caches, one of
+    them made by the model itself. Positions come from the cache, steps count per cache."""
+    import transformers as tf
+    model = tiny("llama")
+    seen, handle = true_positions(model)
+    ids = torch.tensor([[5, 6, 7, 5, 6, 7, 5, 6]])
+    runs = {}
+    try:
+        for name in ("lookup", "reset", "guidance"):
+            frames = []
+            seen.clear()
+            with Engine(model, width=16, on_frame=frames.append, strict=True):
+                if name == "lookup":
+                    model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0,
+                                   prompt_lookup_num_tokens=3)
+                elif name == "reset":
+                    cache = tf.DynamicCache(config=model.config)
+                    greedy(model, ids, 3, past_key_values=cache)
+                    cache.reset()
+                    greedy(model, ids[:, :4], 3, past_key_values=cache)
+                else:
+                    greedy(model, ids, 3, guidance_scale=1.5)
+            assert [f.position for f in frames] == seen, name
+            runs[name] = [f.step for f in frames]
+    finally:
+        handle.remove()
+    assert runs["lookup"] == list(range(len(runs["lookup"]))) and len(runs["lookup"]) < 8  # guesses taken
+    assert runs["reset"] == [0, 1, 2, 0, 1, 2]
+    assert runs["guidance"] == [0, 0, 1, 1, 2, 2]  # the conditional and unconditional forwards
+
+
+def test_forwards_that_exit_early_ship_no_frame(caplog):
+    """Early-exit drafting (assistant_early_exit) runs the first layers only for its guesses:
+    those forwards have no picture, so no frame (counted and said), and every frame shipped is
+    a full forward's."""
+    model = tiny("llama", num_hidden_layers=4)
+    full = []  # the last layer's output at the last token, whenever it runs
+    handle = model.model.layers[-1].register_forward_hook(lambda m, a, out: full.append(out[0, -1]))
+    frames = []
+    try:
+        with Engine(model, width=16, norm="reference", reference=(0.0, 0.5), on_frame=frames.append,
+                    strict=True) as engine:
+            model.generate(prompt(length=8), assistant_early_exit=2, max_new_tokens=6, do_sample=False,
+                           pad_token_id=0)
+    finally:
+        handle.remove()
+    assert engine.stats["partial"] > 0 and "without the last decoder layer" in caplog.text
+    assert len(frames) == len(full) == engine.stats["captured"]
+    assert [f.seq for f in frames] == list(range(len(frames)))
+    for frame, last in zip(frames, full):  # the last layer's rows (layout "bands": row % 4 == 3)
+        want = render(last[None].float(), width=16, norm="reference", reference=(0.0, 0.5))
+        np.testing.assert_array_equal(frame.pixels[3::4], want.pixels.numpy())
+
+
+def test_reattaching_forgets_the_last_attach_error():
+    model = tiny("mistral")
+    calls = []
+
+    def fails_once(frame):
+        calls.append(frame)
+        if len(calls) == 1:
+            raise RuntimeError("consumer failed once")
+
+    engine = Engine(model, width=32, on_frame=fails_once, strict=True)
+    with pytest.raises(RuntimeError, match="failed once"):
+        with engine:
+            greedy(model, prompt(), 2)
+    with engine:
+        greedy(model, prompt(), 2)
+    assert engine.error is None and len(calls) == 4
+
+
+def test_first_attached_under_inference_mode_still_captures_outside_it():
+    model = tiny("mistral")
+    frames = []
+    engine = Engine(model, width=32, on_frame=frames.append, strict=True)
+    with torch.inference_mode(), engine:
+        greedy(model, prompt(), 2)
+    with engine:  # buffers made under inference_mode could not be written here
+        greedy(model, prompt(), 2)
+    assert len(frames) == 4 and engine.error is None
+
+
+def test_gemma3n_frames_show_the_active_altup_stream():
+    """Gemma 3n's layers return [streams, batch, seq, hidden]; the frame shows stream 0."""
+    import transformers as tf
+    torch.manual_seed(0)
+    config = tf.Gemma3nTextConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=[128] * 4, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, laurel_rank=8,
+        hidden_size_per_layer_input=8, vocab_size_per_layer_input=VOCAB,
+        activation_sparsity_pattern=[0.0] * 4, layer_types=["sliding_attention", "full_attention"] * 2,
+        num_kv_shared_layers=0)
+    model = tf.AutoModelForCausalLM.from_config(config).eval()
+    seen = []
+    handles = [layer.register_forward_hook(lambda m, a, out: seen.append(out[0, 0, -1].float()))
+               for layer in model.model.layers]
+    frames = []
+    try:
+        with Engine(model, width=16, on_frame=frames.append, strict=True):
+            greedy(model, prompt(), 3)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(frames) == 3 and len(seen) == 12
+    for k, frame in enumerate(frames):
+        want = render(torch.stack(seen[4 * k:4 * k + 4]), width=16)
+        np.testing.assert_array_equal(frame.pixels, want.pixels.numpy())
+
+
+def test_a_saturated_reference_picture_is_not_blamed_on_the_hooks(caplog):
+    model = tiny("mistral")
+    with Engine(model, width=32, norm="reference", reference=(1e3, 2e3)) as engine:
+        greedy(model, prompt(), 3)  # every value far below the range: all pixels 0 every step
+    assert engine.stats["stale"] == 2
+    assert "left that range" in caplog.text and "compiled before" not in caplog.text

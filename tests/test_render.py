@@ -231,3 +231,14 @@ def test_cpu_fast_path_falls_back_on_non_finite_values(norm, poison):
     torch.testing.assert_close(host[1], masked[1], equal_nan=True)
     torch.testing.assert_close(host[2], masked[2], equal_nan=True)
     assert host[0][(17 // 128) * 4 + 2, 17 % 128] == 255  # bands: row = chunk * layers + layer
+
+
+@pytest.mark.parametrize("norm", ["seed", "layer"])
+def test_huge_finite_states_give_the_same_stats_on_both_paths(norm):
+    """A blown-up fine-tune: finite states near 3e19, whose mean squared overflows float32.
+    Both paths give the same, finite statistics (the masked math once made 0 * inf = NaN)."""
+    x = torch.from_numpy(states(4, 64)) * 1e17 + 3e19
+    host, masked = _both_paths(x, 16, "bands", norm, (torch.zeros(4), torch.ones(4)))
+    for got, want in zip(host, masked):
+        assert torch.equal(got, want)
+    assert torch.isfinite(masked[1]).all() and torch.isfinite(masked[2]).all()
