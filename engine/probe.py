@@ -52,6 +52,7 @@ with the step drawn on each, a looping 15 fps GIF). engine/train_demo.py backs
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 import logging
 import numbers
 import os
@@ -93,6 +94,7 @@ def untouched(model: torch.nn.Module):
         with torch.no_grad():
             yield
     finally:
+        model.train(modes[0][1])  # through train(): a model's override (kernels) sees the change back
         for module, training in modes:
             module.training = training
         random.setstate(rng[0])
@@ -140,8 +142,11 @@ def _offset_port(endpoint: str, by: int) -> str:
 
 
 def _named(prompts) -> dict:
-    if isinstance(prompts, dict):
-        return dict(prompts)
+    if isinstance(prompts, Mapping):
+        if "input_ids" in prompts:  # a tokenizer's output (BatchEncoding): one prompt
+            prompts = prompts["input_ids"]
+        else:
+            return dict(prompts)
     ids = isinstance(prompts, (list, tuple)) and len(prompts) > 0 and isinstance(prompts[0], numbers.Integral)
     if ids or isinstance(prompts, (str, torch.Tensor, np.ndarray)):  # one prompt
         prompts = [prompts]
@@ -344,7 +349,9 @@ class ProbeCallback(TrainerCallback):
     Takes Prober's options, plus export: a folder to write each prompt's timeline to at the end
     of training (export_mode "plain", "side" or "diff"). The tokenizer defaults to the Trainer's
     processing_class (a processor's tokenizer). `prober` is built anew at each on_train_begin
-    (its first probe is the reference) and closed at on_train_end.
+    (its first probe is the reference) and closed at on_train_end, after a last probe of the
+    final model when the last step was not a probe step. Each checkpoint keeps the step-0
+    states (neuralflow_probe.pt), so a run resumed from it still measures drift against step 0.
     """
 
     def __init__(self, prompts, tokenizer=None, *, every: int = 50, export=None,
@@ -376,14 +383,42 @@ class ProbeCallback(TrainerCallback):
         tokenizer = self.tokenizer or processing_class
         if not isinstance(tokenizer, PreTrainedTokenizerBase):  # a processor: its tokenizer
             tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-        self.prober = Prober(model, self.prompts, tokenizer=tokenizer,
-                             rank=args.process_index, world=args.world_size, **self.options)
+        ranks = {"rank": args.process_index, "world": args.world_size}
+        self.prober = Prober(model, self.prompts, tokenizer=tokenizer, **{**ranks, **self.options})
         self.probed, self._pending = [], None
         reporters = [r for r in (args.report_to or []) if r != "none"]
         if reporters and not self._attached:
             log.warning("neuralflow: drift keys reach %s only with probe.attach(trainer) "
                         "(callbacks=[probe] runs after the reporters)", ", ".join(reporters))
+        if state.global_step > 0 and self.prober.active:
+            self._resume(args, state.global_step)
         self._probe(state.global_step, control)
+
+    def _saved_at(self, args, step: int) -> Path:
+        """Where the checkpoint of `step` keeps this rank's step-0 states."""
+        rank = f".rank{self.prober.rank}" if self.prober.all_ranks else ""
+        return Path(args.output_dir) / f"checkpoint-{step}" / f"neuralflow_probe{rank}.pt"
+
+    def _resume(self, args, step: int) -> None:
+        """Resumed from a checkpoint: drift stays against step 0, from the states it saved."""
+        path = self._saved_at(args, step)
+        if not path.is_file():
+            log.warning("neuralflow: resumed at step %d, but %s is missing: drift and the picture "
+                        "scale are measured from step %d, not step 0", step, path, step)
+            return
+        saved = torch.load(path, weights_only=True)
+        for name, x in saved["start"].items():
+            if name in self.prober.prompts:
+                self.prober.start[name] = x
+                self.prober.ref[name] = self.prober._reference(x)
+        self.prober.jumps = [tuple(jump) for jump in saved["jumps"]]
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.prober is None or not (self.prober.active and self.prober.start):
+            return
+        path = self._saved_at(args, state.global_step)
+        if path.parent.is_dir():  # the checkpoint the Trainer just wrote
+            torch.save({"start": self.prober.start, "jumps": self.prober.jumps}, path)
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0:
@@ -412,10 +447,16 @@ class ProbeCallback(TrainerCallback):
         if self.prober is None:
             return
         try:
+            if self.probed and self.probed[-1] != state.global_step:  # the final model, probed too
+                self.probed.append(state.global_step)
+                metrics = self.prober.probe(state.global_step)
+                if metrics:
+                    state.log_history.append({"step": state.global_step, **metrics})
             if self.export and self.prober.active:
                 for name, frames in self.prober.frames.items():
                     if frames:
-                        stem = name + (f".rank{self.prober.rank}" if self.prober.all_ranks else "")
+                        stem = re.sub(r"[^\w.-]+", "_", name)  # a file name, whatever the prompt's name
+                        stem += f".rank{self.prober.rank}" if self.prober.all_ranks else ""
                         export_timeline(frames, self.export, mode=self.export_mode, name=stem)
         except Exception as err:
             if self.options.get("strict"):

@@ -116,6 +116,23 @@ def test_untouched_restores_modes_rng_and_grads():
     assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters())
 
 
+def test_untouched_goes_back_through_the_models_train():
+    """A model's train() override (transformers re-kernelizes there with use_kernels=True) is
+    called for the way back too, as a plain eval()/train() round trip would."""
+    model = tiny("mistral").train()
+    calls = []
+    original = type(model).train
+
+    def train(self, mode=True):
+        calls.append(mode)
+        return original(self, mode)
+
+    model.train = train.__get__(model)
+    with untouched(model):
+        pass
+    assert calls == [False, True] and model.training
+
+
 # ---- frames, recording, logs ----------------------------------------------------------------
 
 class Reporter(TrainerCallback):
@@ -254,6 +271,10 @@ def test_prompts_as_arrays_and_batches():
             assert list(prober.prompts) == ["probe0"] and prober.prompts["probe0"].tolist() == [[5, 6, 7]]
     with pytest.raises(ValueError, match=r"\(2, 3\) batch"):
         Prober(model, torch.tensor([[5, 6, 7], [8, 9, 10]]))
+    from transformers import BatchEncoding  # a tokenizer's output, a Mapping but not a dict
+    encoded = BatchEncoding({"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3)})
+    with Prober(model, encoded, width=32) as prober:
+        assert list(prober.prompts) == ["probe0"] and prober.prompts["probe0"].tolist() == [[5, 6, 7]]
 
 
 def test_trainer_with_a_processor_probes_through_its_tokenizer(tmp_path):
@@ -374,3 +395,39 @@ def test_a_sink_that_fails_to_open_leaves_no_port_bound(tmp_path):
     with pytest.raises(RecordingError):
         Prober(model, [[5, 6, 7]], publish=endpoint, recording=not_a_recording)
     Publisher(endpoint).close()  # the port is free again
+
+
+def test_resume_from_a_checkpoint_keeps_drift_against_step_0(tmp_path, caplog):
+    """The checkpoint keeps the step-0 states: a resumed run logs the same drift as an
+    uninterrupted one, under the same keys; without them it says drift starts again."""
+    def run(steps, probe, resume=None):
+        model = tiny("mistral")
+        args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=4,
+                                 learning_rate=1e-2, report_to="none", logging_steps=3, save_strategy="steps",
+                                 save_steps=6, disable_tqdm=True, seed=0, use_cpu=True)
+        trainer = Trainer(model=model, args=args, train_dataset=dataset())
+        probe.attach(trainer)
+        trainer.train(resume_from_checkpoint=resume)
+        return {h["step"]: h["drift/a/layer_02"] for h in trainer.state.log_history if "drift/a/layer_02" in h}
+
+    whole = run(12, ProbeCallback(PROMPTS, every=3, width=32, strict=True))
+    resumed = run(12, ProbeCallback(PROMPTS, every=3, width=32, strict=True),
+                  resume=str(tmp_path / "out" / "checkpoint-6"))
+    assert sorted(whole) == sorted(resumed) == [3, 6, 9, 12]  # 3 and 6 from the checkpoint's state
+    for step in (9, 12):
+        assert resumed[step] == pytest.approx(whole[step], rel=1e-5)
+    (tmp_path / "out" / "checkpoint-6" / "neuralflow_probe.pt").unlink()
+    run(12, ProbeCallback(PROMPTS, every=3, width=32, strict=True), resume=str(tmp_path / "out" / "checkpoint-6"))
+    assert "measured from step 6, not step 0" in caplog.text
+
+
+def test_trainer_options_and_the_final_model(tmp_path):
+    """rank= is one of Prober's options; a run whose last step is not a multiple of `every` is
+    probed at its end too; a prompt name that is no file name still exports."""
+    probe = ProbeCallback({"qa/fox": [5, 17, 33]}, every=5, width=32, rank=0, export=tmp_path / "timeline",
+                          strict=True)
+    trainer = train(tmp_path / "run", probe, steps=12)
+    assert probe.probed == [0, 5, 10, 12]
+    assert [f.step for f in probe.prober.frames["qa/fox"]] == [0, 5, 10, 12]
+    assert trainer.state.log_history[-1]["step"] == 12 and "drift/qa/fox/mean" in trainer.state.log_history[-1]
+    assert (tmp_path / "timeline" / "qa_fox.gif").exists()
