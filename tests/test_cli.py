@@ -438,6 +438,43 @@ def test_replay_loop_starts_over(tmp_path):
     assert got == [0, 1, 2, 0, 1, 2, 0, 1]
 
 
+def test_replay_loop_holds_the_last_frame_and_waits_when_asked(tmp_path):
+    """Starting over, the last frame stays up for the recording's mean gap (1/15 s for a single
+    frame), not for no time at all; recv(None) waits for the next frame instead of giving up."""
+    one, three = tmp_path / "one.nfrec", tmp_path / "three.nfrec"
+    with RecordingWriter(one) as writer:
+        writer.write(frames(1)[0])
+    with RecordingWriter(three) as writer:
+        for frame in frames(3):  # 10 ms apart
+            writer.write(frame)
+    source = ReplaySource(open_recording(one), loop=True)
+    started, shown = time.monotonic(), 0
+    while time.monotonic() - started < 0.5:
+        shown += source.recv(timeout=0.01) is not None
+    assert 4 <= shown <= 9  # 15 a second, not thousands
+    source = ReplaySource(open_recording(three), loop=True)
+    started = time.monotonic()
+    steps = [source.recv(timeout=None).step for _ in range(7)]
+    assert steps == [0, 1, 2, 0, 1, 2, 0] and time.monotonic() - started >= 0.055
+
+
+def test_damaged_first_record_and_bad_numbers_are_one_line(tmp_path):
+    path = tmp_path / "damaged.nfrec"
+    with RecordingWriter(path) as writer:
+        for frame in frames(3):
+            writer.write(frame)
+    first = Recording(path).offsets[0]
+    data = bytearray(path.read_bytes())
+    data[first[0] + first[1] - 5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    user_error(run(["export", str(path), "--gif", str(tmp_path / "x.gif")]), "no whole frame")
+    user_error(run(["export", str(path), "--png-dir", str(tmp_path / "p")]), "no whole frame")
+    for flags in (["export", str(path), "--gif", str(tmp_path / "x.gif"), "--fps", "nan"],
+                  ["record", "--out", str(tmp_path / "r.nfrec"), "--duration", "nan"],
+                  ["view", "--replay", str(path), "--headless", "--fps", "inf"]):
+        user_error(run(flags), "positive number")
+
+
 def test_endpoints_default_to_loopback():
     from neuralflow.viewer.cli import _endpoints, build_parser
     from neuralflow.viewer.stream import DEFAULT_ENDPOINT

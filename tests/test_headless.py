@@ -144,3 +144,34 @@ def test_viewer_runs_with_torch_unimportable(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok 3"
+
+
+@pytest.mark.parametrize("suffix,fps,delay_ms", [(".gif", 0.001, 655_350), (".gif", 1000, 20),
+                                                 (".png", 0.00001, 65_535), (".png", 5000, 1)])
+def test_animation_delays_stay_within_what_the_format_holds(tmp_path, suffix, fps, delay_ms):
+    frames = [Frame(pixels=np.full((4, 8), k * 60, np.uint8), layers=4, hidden=8, step=k) for k in range(2)]
+    path = write_animation(frames, tmp_path / f"a{suffix}", fps=fps)
+    with Image.open(path) as image:
+        image.seek(1)
+        assert image.info["duration"] == delay_ms
+
+
+def test_ctrl_c_anywhere_in_record_ends_it_with_the_summary(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while a frame is written (not only while waiting for one) stops recording as
+    cleanly: the summary line, and the frames written so far."""
+    from neuralflow.viewer import playback, stream
+    from neuralflow.viewer.recording import Recording, RecordingWriter
+
+    frame = Frame(pixels=np.zeros((4, 8), np.uint8), layers=4, hidden=8)
+    monkeypatch.setattr(stream.Subscriber, "recv", lambda self, timeout=None: frame)
+    write = RecordingWriter.write
+
+    def interrupted_third(self, f):
+        if self.frames == 2:
+            raise KeyboardInterrupt
+        write(self, f)
+
+    monkeypatch.setattr(RecordingWriter, "write", interrupted_third)
+    result = playback.record_to_file("tcp://127.0.0.1:1", tmp_path / "r.nfrec", count=10)
+    assert result["frames"] == 2 and len(Recording(tmp_path / "r.nfrec")) == 2
+    assert "wrote 2 frames" in capsys.readouterr().err

@@ -68,6 +68,9 @@ def test_damaged_record_stops_replay_there(tmp_path):
     path.write_bytes(bytes(data))
     recording = Recording(path)
     assert len(list(recording)) == 2 and recording.truncated
+    append(path, frames(2))  # appending drops the damaged record first: the new ones stay readable
+    recording = Recording(path)
+    assert [f.step for f in recording] == [0, 1, 0, 1] and not recording.truncated
 
 
 def test_not_a_recording(tmp_path):
@@ -79,6 +82,8 @@ def test_not_a_recording(tmp_path):
         RecordingWriter(path)
     with pytest.raises(RecordingError, match="no such recording"):
         Recording(tmp_path / "missing.nfrec")
+    with pytest.raises(RecordingError, match="a folder"):
+        Recording(tmp_path)
 
 
 def test_appending_after_a_cut_keeps_everything_readable(tmp_path):

@@ -382,3 +382,15 @@ def test_keys_before_the_first_frame_keep_the_window_live(display, monkeypatch):
         assert view.cursor is None  # live, not paused on a frame that never was
     finally:
         root.destroy()
+
+
+def test_a_bad_geometry_is_one_line(display, tmp_path):
+    recording = tmp_path / "one.nfrec"
+    from neuralflow.viewer.recording import RecordingWriter
+    with RecordingWriter(recording) as writer:
+        writer.write(make_frame(0, 1))
+    result = subprocess.run([sys.executable, "-m", "neuralflow.viewer.cli", "view", "--replay", str(recording),
+                             "--geometry", "bogus"], env=dict(os.environ, DISPLAY=display),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--geometry bogus" in result.stderr and len(result.stderr.strip().splitlines()) == 1

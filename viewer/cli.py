@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import sys
 from pathlib import Path
@@ -71,7 +72,11 @@ def _open_window(source, args, where: str) -> None:
     except tkinter.TclError as err:
         raise UserError(f"cannot open a window ({err}): use --headless") from None
     if args.geometry:
-        root.geometry(args.geometry)
+        try:
+            root.geometry(args.geometry)
+        except tkinter.TclError as err:
+            root.destroy()
+            raise UserError(f"--geometry {args.geometry}: {err} (e.g. 1500x700+0+0)") from None
     ViewerWindow(root, source, palette=args.palette, history=args.history, out_dir=args.out or ".",
                  record_fps=args.fps or 15.0, record_format="apng" if args.apng else "gif", where=where)
     root.mainloop()
@@ -223,8 +228,8 @@ def _positive(kind):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not (math.isfinite(value) and value > 0):  # (nan > 0 is False, as is nan <= 0)
+            raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
         return value
     return parse
 

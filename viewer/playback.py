@@ -46,20 +46,20 @@ def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int |
     where = ", ".join([endpoints] if isinstance(endpoints, str) else endpoints)
     say(f"neuralflow record: waiting for frames on {where}, writing {path} (Ctrl-C stops)")
     try:
-        while ((count is None or writer.frames < count)
-               and (duration is None or time.monotonic() - start < duration)):
-            try:
+        try:  # Ctrl-C anywhere in the loop (a write cut short replays up to the cut) ends it
+            while ((count is None or writer.frames < count)
+                   and (duration is None or time.monotonic() - start < duration)):
                 frame = sub.recv(timeout=0.05)
-            except KeyboardInterrupt:
-                break
-            if frame is not None:
-                writer.write(frame)
-            now = time.monotonic()
-            if now - last_report >= every_s:
-                last_report = now
-                stats = sub.stats
-                line = f"neuralflow record: {writer.frames} frames, {stats['gaps']} dropped upstream, {sub.state}"
-                say("\r" + line if tty else line, end="" if tty else "\n")
+                if frame is not None:
+                    writer.write(frame)
+                now = time.monotonic()
+                if now - last_report >= every_s:
+                    last_report = now
+                    stats = sub.stats
+                    line = f"neuralflow record: {writer.frames} frames, {stats['gaps']} dropped upstream, {sub.state}"
+                    say("\r" + line if tty else line, end="" if tty else "\n")
+        except KeyboardInterrupt:
+            pass
         stats = dict(sub.stats)
     finally:
         sub.close()
@@ -98,7 +98,9 @@ class ReplaySource:
         self.stats = {"received": 0, "gaps": 0, "rejected": 0, "skipped": 0}
         self._pending = None  # the next frame, read but not yet due
         self._due = self._shown_at = time.monotonic()
-        self._previous_ns: int | None = None
+        self._previous_ns: int | None = None  # the last frame's capture time
+        self._first_ns: int | None = None  # the recording's first capture time
+        self._wrapped = False  # the next frame starts the recording over
 
     @property
     def state(self) -> str:
@@ -106,24 +108,27 @@ class ReplaySource:
         return "replay" if self.loop or more else "end"
 
     def recv(self, timeout: float | None = None):
-        """The next frame once it is due, else None after at most `timeout` seconds."""
+        """The next frame once it is due, else None after at most `timeout` seconds (None: wait
+        until it is due; at the end, without loop, None at once)."""
         if self._pending is None:
             if self.index >= len(self.recording):
                 if not self.loop or len(self.recording) == 0:
                     return None
-                self.index, self._previous_ns = 0, None
+                self.index, self._wrapped = 0, True
             self._pending = self._next_frame()
             if self._pending is None:
                 return None
             self._due = self._shown_at + self._gap(self._pending)
         wait = self._due - time.monotonic()
-        if wait > (timeout or 0.0):
-            time.sleep(timeout or 0.0)
+        if timeout is not None and wait > timeout:
+            time.sleep(timeout)
             return None
         time.sleep(max(wait, 0.0))
         frame, self._pending = self._pending, None
         self._shown_at = max(self._due, time.monotonic() - 0.1)  # keep the pace, don't race to catch up
-        self._previous_ns = frame.time_ns
+        self._previous_ns, self._wrapped = frame.time_ns, False
+        if self._first_ns is None:
+            self._first_ns = frame.time_ns
         self.stats["received"] += 1
         return frame
 
@@ -144,7 +149,12 @@ class ReplaySource:
             return 1.0 / self.fps
         if self._previous_ns is None:
             return 0.0
-        return min(max((frame.time_ns - self._previous_ns) / 1e9, 0.0), self.max_gap_s)
+        if self._wrapped:  # from the last frame to the first: the recording's mean gap
+            frames = len(self.recording)
+            gap = (self._previous_ns - self._first_ns) / 1e9 / (frames - 1) if frames > 1 else 1 / 15
+        else:
+            gap = (frame.time_ns - self._previous_ns) / 1e9
+        return min(max(gap, 0.0), self.max_gap_s)
 
     def close(self) -> None:
         pass
@@ -157,6 +167,8 @@ def export(path: str | Path, *, gif: str | Path | None = None, png_dir: str | Pa
     each (png_dir/frame_NNNNNN.png). Returns {"frames", "gif", "pngs", "truncated"}."""
     recording = open_recording(path)
     frames = list(recording)  # stops at a damaged record, marking the recording truncated
+    if not frames:
+        raise RecordingError(f"{path} holds no whole frame (its first record is damaged)")
     pngs = []
     if png_dir is not None:
         folder = Path(png_dir)

@@ -82,8 +82,8 @@ def write_animation(frames: Iterable[Frame | np.ndarray], path: str | os.PathLik
                     text: bool | Callable[[Frame], str] = False) -> Path:
     """Write frames as an animated GIF (".gif") or APNG (".png", ".apng"); returns the path.
 
-    fps: GIF stores delays in 1/100 s, so 15 fps becomes 70 ms per frame (14.3 fps); APNG keeps
-    milliseconds. loop=0 loops forever. text=True draws `caption_text(frame)` under each
+    fps: GIF stores delays in 1/100 s, so 15 fps becomes 70 ms per frame (14.3 fps), and keeps
+    them within 20 ms (50 fps) and 655 s; APNG keeps milliseconds, within 1 ms and 65 s. loop=0 loops forever. text=True draws `caption_text(frame)` under each
     picture; a callable(frame) -> str draws your own.
     """
     path = Path(path)
@@ -91,7 +91,10 @@ def write_animation(frames: Iterable[Frame | np.ndarray], path: str | os.PathLik
     if suffix not in (".gif", ".png", ".apng"):
         raise ValueError(f"animation must be .gif, .png or .apng, not {path.name}")
     images = animation_frames(frames, palette=palette, zoom=zoom, text=text)
-    delay = 10 * round(100.0 / fps) if suffix == ".gif" else round(1000.0 / fps)
+    if suffix == ".gif":  # in 1/100 s, at most 65535; players slow anything under 2/100 s to 1/10 s
+        delay = 10 * min(max(round(100.0 / fps), 2), 65535)
+    else:  # ms, at most 65535
+        delay = min(max(round(1000.0 / fps), 1), 65535)
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, format="GIF" if suffix == ".gif" else "PNG", save_all=True,
                    append_images=images[1:], duration=delay, loop=loop)

@@ -55,16 +55,22 @@ def _unpack(payload: bytes) -> list[bytes]:
 
 class RecordingWriter:
     """Append frames to `path` (created with its folders and a file header if new or empty; a
-    cut-off last record, left by a crash, is removed first so that what is appended stays
-    readable)."""
+    cut-off or damaged last record, left by a crash, is removed first so that what is appended
+    stays readable)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
             existing = Recording(self.path)
-            if existing.truncated:  # a cut-off tail would hide everything appended after it
-                end = existing.offsets[-1][0] + existing.offsets[-1][1] if existing.offsets else FILE_HEADER.size
+            keep = len(existing)
+            try:  # whole but damaged (a crash mid-write): as bad as cut off
+                if keep:
+                    existing[keep - 1]
+            except wire.WireError:
+                keep -= 1
+            if existing.truncated or keep < len(existing):  # a bad tail would hide what follows
+                end = existing.offsets[keep - 1][0] + existing.offsets[keep - 1][1] if keep else FILE_HEADER.size
                 os.truncate(self.path, end)
         self._file = open(self.path, "ab")
         if self._file.tell() == 0:
@@ -107,6 +113,8 @@ class Recording:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
+        if os.path.isdir(self.path):
+            raise RecordingError(f"{self.path} is a folder, not a recording")
         if not os.path.isfile(self.path):
             raise RecordingError(f"{self.path}: no such recording")
         _check_header(self.path)
