@@ -28,8 +28,10 @@ Drift of layer l at step s, on the raw float32 states x (not the pixels, so it d
 saturate and does not depend on the palette or the norm mode):
     drift[l] = mean_i |x_s[l, i] - x_0[l, i]| / std_i(x_0[l, i])
 i.e. the mean absolute change in units of the layer's own step-0 spread. The drift "jumps" at
-the first layer l with drift[l] >= floor and drift[l] >= factor * max(drift[:l]) (for l = 0,
-drift >= floor alone): layers below it moved less than 1/factor as much. A warning names that
+the first layer l > 0 with drift[l] >= floor and drift[l] >= factor * max(drift[:l]): layers
+below it moved less than 1/factor as much. When no such layer exists but layer 0 moved at least
+floor, it is layer 0 (everything moved; in a full fine-tune layer 0 always moves a little, so it
+must not hide a jump higher up). A warning names that
 layer whenever it changes (`Prober.jumps` keeps them).
 
 Logs: at each probe step the callback makes the Trainer log (on every rank: logging gathers
@@ -119,13 +121,14 @@ def layer_drift(states: torch.Tensor, start: torch.Tensor) -> np.ndarray:
 
 
 def first_jump(drift, factor: float = 3.0, floor: float = 0.1) -> int | None:
-    """The first layer whose drift is >= floor and >= factor x every layer below it; None if none.
-    Non-finite drift (NaN, inf) counts as infinite."""
+    """The first layer above layer 0 whose drift is >= floor and >= factor x every layer below
+    it; else 0 if layer 0's drift is >= floor (everything moved); else None. Non-finite drift
+    (NaN, inf) counts as infinite."""
     d = np.nan_to_num(np.asarray(drift, np.float64), nan=np.inf, posinf=np.inf)
-    for layer, value in enumerate(d):
-        if value >= floor and (layer == 0 or value >= factor * d[:layer].max()):
+    for layer in range(1, len(d)):
+        if d[layer] >= floor and d[layer] >= factor * d[:layer].max():
             return layer
-    return None
+    return 0 if len(d) and d[0] >= floor else None
 
 
 def distributed_rank() -> tuple[int, int]:

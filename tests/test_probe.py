@@ -194,7 +194,9 @@ def test_drift_grows_with_the_learning_rate(tmp_path):
 @pytest.mark.parametrize("drift,layer", [
     ([0.01, 0.02, 0.02, 0.9, 1.2, 1.5], 3),
     ([0.01, 0.02, 0.04, 0.08, 0.16, 0.32], None),  # smooth growth is not a jump
-    ([0.5, 0.6, 2.0, 3.0], 0),  # everything moved: it starts at layer 0
+    ([0.5, 0.6, 0.9, 1.3], 0),  # everything moved, smoothly: it starts at layer 0
+    ([0.5, 0.6, 2.0, 3.0], 2),  # everything moved, and from layer 2 over three times as much
+    ([0.11, 0.12, 5.0, 6.0], 2),  # a full fine-tune: the first layers move a little too
     ([0.0, 0.0, 0.05, 0.05], None),  # below the floor
     ([0.0, 0.01, float("nan"), 0.2], 2),  # NaN counts as infinite drift
 ])
