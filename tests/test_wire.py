@@ -89,6 +89,7 @@ def ok_frame(**changes) -> Frame:
     (dict(row=2**31), "row"),
     (dict(step=1.5), "step"),
     (dict(lo=np.zeros(3, np.float32)), "lo has 3 values"),
+    (dict(hi=["a", "b"]), "not numbers"),
     (dict(meta={"a": 1}), "str -> str"),
     (dict(meta=["a"]), "str -> str"),
     (dict(meta={"a": "x" * MAX_META}), "limit"),

@@ -82,7 +82,10 @@ def encode(frame: Frame) -> list[bytes]:
             raise WireError(f"cannot encode: {name}={value!r} is not an integer in [{low}, {high}]")
     bounds = []
     for name in ("lo", "hi"):
-        values = np.asarray(getattr(frame, name), dtype="<f4").reshape(-1)
+        try:
+            values = np.asarray(getattr(frame, name), dtype="<f4").reshape(-1)
+        except (TypeError, ValueError):
+            raise WireError(f"cannot encode: {name}={getattr(frame, name)!r} is not numbers") from None
         if values.size != frame.layers:
             raise WireError(f"cannot encode: {name} has {values.size} values for {frame.layers} layers")
         bounds.append(values.tobytes())
