@@ -394,3 +394,32 @@ def test_a_bad_geometry_is_one_line(display, tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--geometry bogus" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_paused_past_the_history_says_so(display, monkeypatch):
+    """Paused while more frames arrive than the history keeps: the panel says the shown frame
+    is older than the history, not a negative position."""
+    monkeypatch.setenv("DISPLAY", display)
+    import tkinter as tk
+
+    from neuralflow.viewer.window import ViewerWindow
+
+    class Source:
+        state, stats = "live", {"gaps": 0, "rejected": 0}
+
+        def recv(self, timeout=None):
+            return None
+
+    root = tk.Tk()
+    try:
+        view = ViewerWindow(root, Source(), out_dir=".", history=4)
+        view._take(make_frame(0, 1))
+        view._show(view.latest)
+        view.toggle_pause()
+        for seq in range(1, 11):
+            view._take(make_frame(seq, 1))
+        view._update_stats()
+        text = view.stats_label.cget("text")
+        assert "view     paused, 7 before 4 kept" in text  # frame 0 shown; 7..10 kept
+    finally:
+        root.destroy()

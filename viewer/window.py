@@ -450,6 +450,8 @@ class ViewerWindow:
         lag = f"{np.median(self._lags):.1f} ms" if self._lags else "-"
         if self.cursor is None:
             mode = "live"
+        elif self.cursor < self._first():  # paused so long that the frame left the history
+            mode = f"paused, {self._first() - self.cursor} before {len(self.history)} kept"
         else:
             mode = f"paused {self.cursor - self._first() + 1}/{len(self.history)}"
         view = "diff" if self.diff else self.palette
