@@ -391,7 +391,10 @@ class Engine:
     def _end(self, output) -> None:
         if self._uncached_length is not None:  # called without a cache: the one the model made
             # for itself (if any) continues this sequence (a hand-written decode loop passes it on)
-            cache = getattr(output, "past_key_values", None)
+            # (a ModelOutput is a dict; read as a plain one: its attribute and its get() warn
+            # about the old name, past_key_values, in transformers 5.2x)
+            cache = (dict.get(output, "cache", dict.get(output, "past_key_values"))
+                     if isinstance(output, dict) else None)
             if cache is not None and not isinstance(cache, (tuple, list)):
                 try:
                     self._sequences[cache] = (self._step, self._position)

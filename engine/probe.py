@@ -397,31 +397,59 @@ class ProbeCallback(TrainerCallback):
             self._resume(args, state.global_step)
         self._probe(state.global_step, control)
 
-    def _saved_at(self, args, step: int) -> Path:
-        """Where the checkpoint of `step` keeps this rank's step-0 states."""
-        rank = f".rank{self.prober.rank}" if self.prober.all_ranks else ""
-        return Path(args.output_dir) / f"checkpoint-{step}" / f"neuralflow_probe{rank}.pt"
+    def _saved_name(self) -> str:
+        return f"neuralflow_probe{f'.rank{self.prober.rank}' if self.prober.all_ranks else ''}.pt"
 
     def _resume(self, args, step: int) -> None:
-        """Resumed from a checkpoint: drift stays against step 0, from the states it saved."""
-        path = self._saved_at(args, step)
-        if not path.is_file():
-            log.warning("neuralflow: resumed at step %d, but %s is missing: drift and the picture "
-                        "scale are measured from step %d, not step 0", step, path, step)
+        """Resumed from a checkpoint: drift stays against step 0, from the states it saved. The
+        Trainer does not tell callbacks which checkpoint it resumed from: this looks in
+        TrainingArguments.resume_from_checkpoint, then in output_dir/checkpoint-<step>."""
+        folders = [Path(args.output_dir) / f"checkpoint-{step}"]
+        if isinstance(args.resume_from_checkpoint, str):
+            folders.insert(0, Path(args.resume_from_checkpoint))
+        path = next((f / self._saved_name() for f in folders if (f / self._saved_name()).is_file()), None)
+        try:
+            if path is None:
+                raise FileNotFoundError(f"no {self._saved_name()} in {' or '.join(map(str, folders))} "
+                                        "(a checkpoint elsewhere: pass it as TrainingArguments("
+                                        "resume_from_checkpoint=...) too)")
+            saved = torch.load(path, weights_only=True)
+            wanted = (self.prober.layers, self.prober.hidden)
+            for name, x in saved["start"].items():
+                same_prompt = name in self.prober.prompts and torch.equal(saved["prompts"][name],
+                                                                           self.prober.prompts[name])
+                if same_prompt and tuple(x.shape) == wanted:
+                    self.prober.start[name] = x
+                    self.prober.ref[name] = self.prober._reference(x)
+            self.prober.jumps = [tuple(jump) for jump in saved["jumps"]]
+        except Exception as err:  # a resumed run still trains
+            if self.options.get("strict"):
+                raise
+            log.warning("neuralflow: resumed at step %d without the probes' step-0 states (%s): "
+                        "drift and the picture scale are measured from step %d", step, err, step)
             return
-        saved = torch.load(path, weights_only=True)
-        for name, x in saved["start"].items():
-            if name in self.prober.prompts:
-                self.prober.start[name] = x
-                self.prober.ref[name] = self.prober._reference(x)
-        self.prober.jumps = [tuple(jump) for jump in saved["jumps"]]
+        lost = [name for name in self.prober.prompts if name not in self.prober.start]
+        if lost:
+            log.warning("neuralflow: resumed at step %d: the checkpoint has no step-0 states for "
+                        "probes %s (new, or changed prompts); they start again at step %d", step,
+                        ", ".join(lost), step)
 
     def on_save(self, args, state, control, **kwargs):
         if self.prober is None or not (self.prober.active and self.prober.start):
             return
-        path = self._saved_at(args, state.global_step)
-        if path.parent.is_dir():  # the checkpoint the Trainer just wrote
-            torch.save({"start": self.prober.start, "jumps": self.prober.jumps}, path)
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not folder.is_dir():  # (not the checkpoint the Trainer just wrote: a search's run-N)
+            return
+        saved = {"start": self.prober.start, "jumps": self.prober.jumps,
+                 "prompts": {name: self.prober.prompts[name] for name in self.prober.start}}
+        partial = folder / (self._saved_name() + ".partial")
+        try:  # written whole or not at all: a kill mid-write leaves no half file to resume from
+            torch.save(saved, partial)
+            os.replace(partial, folder / self._saved_name())
+        except Exception as err:  # a full disk must not stop training
+            if self.options.get("strict"):
+                raise
+            log.error("neuralflow: saving the probes' step-0 states into %s failed: %r", folder, err)
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0:
@@ -450,7 +478,8 @@ class ProbeCallback(TrainerCallback):
         if self.prober is None:
             return
         try:
-            if self.probed and self.probed[-1] != state.global_step:  # the final model, probed too
+            # the final model, probed too (unless the Trainer just loaded an earlier, best one)
+            if self.probed and self.probed[-1] != state.global_step and not args.load_best_model_at_end:
                 self.probed.append(state.global_step)
                 metrics = self.prober.probe(state.global_step)
                 if metrics:

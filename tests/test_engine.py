@@ -636,3 +636,32 @@ def test_a_saturated_reference_picture_is_not_blamed_on_the_hooks(caplog):
         greedy(model, prompt(), 3)  # every value far below the range: all pixels 0 every step
     assert engine.stats["stale"] == 2
     assert "left that range" in caplog.text and "compiled before" not in caplog.text
+
+
+def test_a_hand_written_loop_with_the_new_cache_name_warns_nothing():
+    """transformers 5.2x renamed past_key_values to cache and warns on the old name: the
+    Engine reading the output's cache must not make it warn when the user's code does not."""
+    import logging
+
+    class Kept(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    kept = Kept()
+    logging.Logger.warning_once.cache_clear()  # transformers warns once per process
+    logging.getLogger("transformers").addHandler(kept)
+    model = tiny("llama")
+    frames = []
+    try:
+        with Engine(model, width=16, on_frame=frames.append, strict=True), torch.no_grad():
+            out = model(prompt())
+            for _ in range(2):
+                out = model(out.logits[:, -1:].argmax(-1), cache=out.cache)
+    finally:
+        logging.getLogger("transformers").removeHandler(kept)
+    assert [(f.step, f.position) for f in frames] == [(0, 4), (1, 5), (2, 6)]
+    assert not [m for m in kept.messages if "deprecated" in m]

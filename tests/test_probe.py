@@ -401,26 +401,33 @@ def test_a_sink_that_fails_to_open_leaves_no_port_bound(tmp_path):
 
 def test_resume_from_a_checkpoint_keeps_drift_against_step_0(tmp_path, caplog):
     """The checkpoint keeps the step-0 states: a resumed run logs the same drift as an
-    uninterrupted one, under the same keys; without them it says drift starts again."""
-    def run(steps, probe, resume=None):
-        model = tiny("mistral")
-        args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=4,
+    uninterrupted one, under the same keys, from the same output_dir or from another one named
+    in TrainingArguments. Without them (missing, damaged) it says so and trains on."""
+    def run(out, resume=None, strict=True, in_args=False):
+        args = TrainingArguments(output_dir=str(tmp_path / out), max_steps=12, per_device_train_batch_size=4,
                                  learning_rate=1e-2, report_to="none", logging_steps=3, save_strategy="steps",
-                                 save_steps=6, disable_tqdm=True, seed=0, use_cpu=True)
-        trainer = Trainer(model=model, args=args, train_dataset=dataset())
-        probe.attach(trainer)
+                                 save_steps=6, disable_tqdm=True, seed=0, use_cpu=True,
+                                 resume_from_checkpoint=resume if in_args else None)
+        trainer = Trainer(model=tiny("mistral"), args=args, train_dataset=dataset())
+        ProbeCallback(PROMPTS, every=3, width=32, strict=strict).attach(trainer)
         trainer.train(resume_from_checkpoint=resume)
         return {h["step"]: h["drift/a/layer_02"] for h in trainer.state.log_history if "drift/a/layer_02" in h}
 
-    whole = run(12, ProbeCallback(PROMPTS, every=3, width=32, strict=True))
-    resumed = run(12, ProbeCallback(PROMPTS, every=3, width=32, strict=True),
-                  resume=str(tmp_path / "out" / "checkpoint-6"))
-    assert sorted(whole) == sorted(resumed) == [3, 6, 9, 12]  # 3 and 6 from the checkpoint's state
-    for step in (9, 12):
-        assert resumed[step] == pytest.approx(whole[step], rel=1e-5)
-    (tmp_path / "out" / "checkpoint-6" / "neuralflow_probe.pt").unlink()
-    run(12, ProbeCallback(PROMPTS, every=3, width=32, strict=True), resume=str(tmp_path / "out" / "checkpoint-6"))
-    assert "measured from step 6, not step 0" in caplog.text
+    whole = run("a")
+    checkpoint = str(tmp_path / "a" / "checkpoint-6")
+    for resumed in (run("a", checkpoint), run("b", checkpoint, in_args=True)):
+        assert sorted(resumed) == [3, 6, 9, 12]  # 3 and 6 from the checkpoint's state
+        for step in (9, 12):
+            assert resumed[step] == pytest.approx(whole[step], rel=1e-5)
+    saved = tmp_path / "a" / "checkpoint-6" / "neuralflow_probe.pt"
+    assert not list(saved.parent.glob("*.partial"))
+    saved.write_bytes(b"half a file")
+    damaged = run("a", checkpoint, strict=False)
+    assert "without the probes' step-0 states" in caplog.text and damaged[12] < whole[12] / 3
+    saved.unlink()
+    caplog.clear()
+    run("c", checkpoint, strict=False)  # elsewhere, and not in TrainingArguments: not found
+    assert "no neuralflow_probe.pt in" in caplog.text and "measured from step 6" in caplog.text
 
 
 def test_trainer_options_and_the_final_model(tmp_path):
