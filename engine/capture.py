@@ -478,24 +478,19 @@ class Engine:
 
     def _check_fresh(self, frame: Frame) -> None:
         """A decode step whose picture and per-layer ranges equal the previous step's to the bit
-        means the layer hooks did not run (compiled code that skips them; a new position alone
-        changes the states): say so once, never silently."""
+        means the frame math read stale states (a CUDA graph replaying an old buffer; hooks that
+        did not run at all are caught as "partial"): say so once, never silently. Under
+        norm="seed" or "layer" the ranges come from the states, so a new position alone changes
+        them; a fixed reference range can quantize two steps alike, so it is not checked."""
         last, self._last_frame = self._last_frame, frame
-        if (frame.step > 0 and last is not None and frame.lo.tobytes() == last.lo.tobytes()
-                and frame.hi.tobytes() == last.hi.tobytes()
+        if (self.norm != "reference" and frame.step > 0 and last is not None
+                and frame.lo.tobytes() == last.lo.tobytes() and frame.hi.tobytes() == last.hi.tobytes()
                 and frame.pixels.tobytes() == last.pixels.tobytes()):
             self.stats["stale"] += 1
-            if self.stats["stale"] > 1:
-                return
-            if self.norm == "reference" and not ((frame.pixels > 0) & (frame.pixels < 255)).any():
-                # a fixed range can leave every value outside it, on every step
-                log.error("neuralflow: step %d repeats the previous frame exactly, every pixel at "
-                          "an end of the reference range: either the states left that range or "
-                          "the layer hooks are not running", frame.step)
-            else:
-                log.error("neuralflow: step %d repeats the previous frame exactly: the layer "
-                          "hooks are not running (model compiled before the Engine attached?); "
-                          "attach the Engine first, then compile", frame.step)
+            if self.stats["stale"] == 1:
+                log.error("neuralflow: step %d repeats the previous frame exactly: the frame math "
+                          "is not seeing new layer states (model compiled before the Engine "
+                          "attached?); attach the Engine first, then compile", frame.step)
 
     def _consumer_failed(self, what: str, err: Exception) -> None:
         self.stats["sink_errors"] += 1

@@ -630,12 +630,13 @@ def test_gemma3n_frames_show_the_active_altup_stream():
         np.testing.assert_array_equal(frame.pixels, want.pixels.numpy())
 
 
-def test_a_saturated_reference_picture_is_not_blamed_on_the_hooks(caplog):
+def test_a_fixed_reference_range_is_not_blamed_on_the_hooks(caplog):
+    """Under a fixed range two steps can quantize alike (here every value far below it): that
+    is no sign of stale states."""
     model = tiny("mistral")
     with Engine(model, width=32, norm="reference", reference=(1e3, 2e3)) as engine:
-        greedy(model, prompt(), 3)  # every value far below the range: all pixels 0 every step
-    assert engine.stats["stale"] == 2
-    assert "left that range" in caplog.text and "compiled before" not in caplog.text
+        greedy(model, prompt(), 3)
+    assert engine.stats["stale"] == 0 and "repeats the previous frame" not in caplog.text
 
 
 def test_a_hand_written_loop_with_the_new_cache_name_warns_nothing():
