@@ -83,14 +83,16 @@ class Engine:
     batch (prompt b's k-th beam is row b * beams + k). width, layout, norm: see `render`. reference: lo/hi for
     norm="reference" (a Picture, a Frame or a (lo, hi) pair); None freezes the first frame's
     seed statistics. on_frame: callable(Frame) run on the delivery thread. publish: a ZeroMQ
-    endpoint to stream frames to. tokenizer: decodes token ids into meta["token"].
+    endpoint to stream frames to; wait: seconds attach waits for a viewer to subscribe there
+    (returning as soon as one has), so the first frames do not go out to no one.
+    tokenizer: decodes token ids into meta["token"].
     slots: pinned ring size (>= 3). strict: raise capture errors instead of disabling capture.
     """
 
     def __init__(self, model: torch.nn.Module, *, row: int = 0, width: int = 512,
                  layout: str = "bands", norm: str = "seed", reference=None, on_frame=None,
-                 publish: str | None = None, tokenizer=None, label: str = "", rank: int = 0,
-                 slots: int = 4, strict: bool = False):
+                 publish: str | None = None, wait: float = 0.0, tokenizer=None, label: str = "",
+                 rank: int = 0, slots: int = 4, strict: bool = False):
         check_options(width, layout, norm)
         if slots < 3:
             raise ValueError(f"slots must be at least 3, got {slots}")
@@ -110,7 +112,7 @@ class Engine:
             self.meta["label"] = label
         self.session = new_session_id()
         self.sinks = [on_frame] if on_frame else []
-        self.publish_endpoint = publish
+        self.publish_endpoint, self.wait = publish, wait
         self.publisher = None
         self.stats = {"captured": 0, "delivered": 0, "dropped": 0, "sink_errors": 0, "stale": 0,
                       "partial": 0, "delivery_cpu_s": 0.0}
@@ -156,6 +158,10 @@ class Engine:
             from neuralflow.viewer.stream import Publisher
             self.publisher = Publisher(self.publish_endpoint)
             self.sinks.append(self.publisher.publish)
+            if self.wait > 0 and not self.publisher.wait_for_subscribers(1, self.wait):
+                log.warning("neuralflow: no viewer subscribed to %s within %g s; frames go out "
+                            "anyway, and a viewer that joins later sees them from then on",
+                            self.publisher.endpoint, self.wait)
         # (step, position) of the last forward with each cache object, held weakly: a finished
         # sequence's cache must not stay alive here
         self._sequences: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -91,3 +91,22 @@ def test_paused_or_dead_subscriber_never_blocks_generation(trouble, tmp_path):
     # within noise of no subscriber (generous: this machine is shared and small; a send that
     # waited for the stopped subscriber would never return)
     assert troubled < max(plain) * 2 + 2.0
+
+
+def test_wait_holds_the_start_until_a_viewer_has_subscribed(tmp_path, caplog):
+    """A viewer started first, then the Engine with wait=: not even the prefill's frame is lost
+    to the subscription still being set up."""
+    model, ids = model_and_prompt()
+    endpoint = f"ipc://{tmp_path}/frames.sock"
+    proc = start_subscriber(endpoint, tmp_path / "got.nfrec", 8)  # connects before the bind
+    try:
+        with Engine(model, width=128, publish=endpoint, wait=30, strict=True):
+            greedy(model, ids, 8)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert [f.seq for f in Recording(tmp_path / "got.nfrec")] == list(range(8))
+    started = time.monotonic()
+    with Engine(model, width=128, publish="tcp://127.0.0.1:*", wait=0.3):
+        pass
+    assert time.monotonic() - started >= 0.3 and "no viewer subscribed" in caplog.text

@@ -113,9 +113,26 @@ def test_record_headless_over_a_real_publisher(tmp_path, capsys):
     assert str(tmp_path / "out") in capsys.readouterr().err
 
 
-def test_record_headless_duration_without_publisher(tmp_path):
-    result = record_headless("tcp://127.0.0.1:1", tmp_path / "none", duration=0.2, quiet=True)
+def test_record_headless_duration_without_publisher(tmp_path, capsys):
+    result = record_headless("tcp://127.0.0.1:1", tmp_path / "none", duration=0.2)
     assert result["frames"] == 0 and result["gif"] is None and result["pngs"] == []
+    assert "no frames arrived on tcp://127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_record_headless_says_it_joined_late(tmp_path, capsys):
+    session = new_session_id()
+    frames = [make_frame(k, session=session).replace(seq=k + 40) for k in range(3)]
+    box, done = [], threading.Event()
+    publisher = threading.Thread(target=publish_when_joined, args=(box, frames, done))
+    publisher.start()
+    try:
+        while not box:
+            threading.Event().wait(0.01)
+        record_headless(box[0], tmp_path / "out", count=3, duration=20)
+    finally:
+        done.set()
+        publisher.join()
+    assert "joined at frame 40 of its stream" in capsys.readouterr().err
 
 
 def test_viewer_runs_with_torch_unimportable(tmp_path):

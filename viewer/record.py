@@ -127,7 +127,7 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
     out.mkdir(parents=True, exist_ok=True)
     pngs: list[Path] = []
     kept: collections.deque[Frame] = collections.deque(maxlen=gif_frames)
-    start = time.monotonic()
+    start, first = time.monotonic(), None
     sub = Subscriber(endpoints, latest_only=False)
     try:
         while (count is None or len(pngs) < count) and (duration is None or time.monotonic() - start < duration):
@@ -135,6 +135,7 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
             if frame is not None:
                 pngs.append(save_png(frame, out / f"frame_{len(pngs):06d}.png", palette=palette, guide=guide))
                 kept.append(frame)
+                first = first or frame
     except KeyboardInterrupt:  # Ctrl-C ends the recording; the animation is still written
         pass
     finally:
@@ -142,8 +143,15 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
         sub.close()
     animation = write_animation(kept, out / "animation.gif", palette=palette, text=text) if gif and kept else None
     if not quiet:
-        where = f" and {animation}" if animation else ""
-        print(f"neuralflow: wrote {len(pngs)} PNGs to {out}{where}", file=sys.stderr)
+        source = ", ".join([endpoints] if isinstance(endpoints, str) else endpoints)
+        notes = [f"joined at frame {first.seq} of its stream"] if first is not None and first.seq else []
+        notes += [f"{stats['gaps']} frames dropped upstream"] if stats["gaps"] else []
+        where = (f" and {animation}" if animation else "") + (f" ({'; '.join(notes)})" if notes else "")
+        if pngs:
+            print(f"neuralflow: wrote {len(pngs)} PNGs to {out}{where}", file=sys.stderr)
+        else:
+            print(f"neuralflow: no frames arrived on {source}, nothing written (is anything "
+                  "publishing there?)", file=sys.stderr)
     return {"dir": out, "pngs": pngs, "gif": animation, "frames": len(pngs), "stats": stats}
 
 
