@@ -25,8 +25,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TextSt
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from neuralflow.engine.capture import Engine
-from neuralflow.engine.layers import UnsupportedModel, module_device
-from neuralflow.engine.render import fused_by_default
+from neuralflow.engine.layers import UnsupportedModel, decoder_layers, hidden_size, module_device
+from neuralflow.engine.render import fused_by_default, square_width
 from neuralflow.viewer.cli import UserError
 
 ATTENTIONS = ("flash_attention_2", "sdpa", "eager")
@@ -152,7 +152,8 @@ def run(args, publisher) -> int:
         sampling = dict(do_sample=True, temperature=args.temperature)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     try:
-        engine = Engine(model, width=args.width, layout=args.layout, norm=args.norm, tokenizer=tokenizer,
+        width = args.width or square_width(len(decoder_layers(model)[1]), hidden_size(model))
+        engine = Engine(model, width=width, layout=args.layout, norm=args.norm, tokenizer=tokenizer,
                         on_frame=publisher.publish if publisher else None, label=Path(args.model).name)
     except (UnsupportedModel, ValueError) as err:  # an unknown architecture, a width too narrow
         raise UserError(str(err)) from None

@@ -46,6 +46,12 @@ class Picture:
     norm: str
 
 
+def square_width(layers: int, hidden: int) -> int:
+    """The smallest power of two at least sqrt(layers x hidden): a picture about twice as wide
+    as tall, 512 for Mistral 7B's 32 x 4096 (the seed's width), 32 for 4 x 256."""
+    return 1 << max(0, math.ceil(math.log2(math.sqrt(layers * hidden))))
+
+
 def frame_shape(layers: int, hidden: int, width: int = 512) -> tuple[int, int]:
     return layers * chunks_per_layer(hidden, width), width
 

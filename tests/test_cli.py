@@ -71,6 +71,23 @@ def fed(endpoint, args, sent):
     return process, err
 
 
+def test_kill_ends_a_headless_view_as_ctrl_c_does(tmp_path):
+    """SIGTERM (kill, a job scheduler) stops `view --headless` with its animation written."""
+    endpoint, out = free_endpoint(), tmp_path / "killed"
+    with Publisher(endpoint, republish_s=None) as pub:
+        process = subprocess.Popen([*CLI, "view", "--headless", "--connect", endpoint, "--out", str(out)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for frame in frames(200):
+            pub.publish(frame)
+            time.sleep(0.02)
+            if len(list(out.glob("frame_*.png"))) >= 3:
+                break
+        process.terminate()
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert gif_frames(out / "animation.gif") == len(list(out.glob("frame_*.png"))) >= 3
+
+
 def gif_frames(path) -> int:
     with Image.open(path) as image:
         return image.n_frames
@@ -155,8 +172,8 @@ def test_generate_streams_one_frame_per_forward(checkpoint):
         thread.start()
         try:
             result = run(["generate", "--model", str(checkpoint), "--prompt", "Alice", "--max-new-tokens",
-                          str(new_tokens), "--publish", endpoint, "--wait-viewer", "30", "--width", "32",
-                          "--attn", "flash_attention_2"])
+                          str(new_tokens), "--publish", endpoint, "--wait-viewer", "30",
+                          "--attn", "flash_attention_2"])  # the width by default: 16 for 3 x 64
             time.sleep(0.5)  # frames still in flight on the socket
         finally:
             done.set()
@@ -170,7 +187,7 @@ def test_generate_streams_one_frame_per_forward(checkpoint):
     assert [f.seq for f in received] == list(range(new_tokens))
     assert len({f.session for f in received}) == 1
     for frame in received:
-        assert (frame.layers, frame.hidden, frame.width, frame.height) == (3, 64, 32, 6)
+        assert (frame.layers, frame.hidden, frame.width, frame.height) == (3, 64, 16, 12)
         assert frame.meta["label"] == checkpoint.name
     assert received[0].meta["token"] == "e" and received[0].position == 4  # last prompt byte
 
@@ -283,6 +300,14 @@ def test_bad_flags(args):
     user_error(run(args))
 
 
+def test_an_unknown_flag_points_at_its_commands_help():
+    user_error(run(["demo", "--bogus"]), "--bogus", "neuralflow demo --help")
+
+
+def test_an_empty_prompt_is_refused_before_anything_loads():
+    user_error(run(["generate", "--model", ".", "--prompt", ""]), "--prompt is empty")
+
+
 def test_not_a_recording(tmp_path):
     bogus = tmp_path / "notes.nfrec"
     bogus.write_text("hello, not frames\n")
@@ -392,12 +417,12 @@ def test_export_with_the_guide(tmp_path):
     assert result.returncode == 0, result.stderr
     plain = Image.open(sorted((tmp_path / "plain").glob("*.png"))[0])
     guided = Image.open(sorted((tmp_path / "guided").glob("*.png"))[0])
-    assert plain.size == (32, 12)
+    assert plain.size == (256, 96)  # 32 x 12 zoomed by default to at least 256 px wide
     assert guided.size[0] > plain.size[0] and guided.size[1] >= plain.size[1]  # the guide beside it
     # the picture itself is unchanged somewhere inside the guided one
     big, small = np.asarray(guided.convert("RGB")), np.asarray(plain.convert("RGB"))
-    assert any(np.array_equal(big[y:y + 12, x:x + 32], small)
-               for y in range(big.shape[0] - 11) for x in range(big.shape[1] - 31))
+    assert any(np.array_equal(big[y:y + 96, x:x + 256], small)
+               for y in range(big.shape[0] - 95) for x in range(big.shape[1] - 255))
 
 
 def test_truncated_recording_replays_up_to_the_cut(tmp_path):

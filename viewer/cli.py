@@ -17,10 +17,13 @@ missing folder, busy port, no display, a file that is not a recording) prints on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .palette import PALETTES
@@ -111,6 +114,22 @@ def _publisher(endpoint: str | None):
         raise UserError(f"{err.strerror}; {hint}") from None
 
 
+@contextlib.contextmanager
+def _kill_as_ctrl_c():
+    """SIGTERM (kill, a job scheduler) ends a headless recording as Ctrl-C does, so what was
+    received is written. (Not for windows: Tk's loop would not see it.)"""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, stop) if main_thread else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
 # ---- commands ------------------------------------------------------------------------------
 
 def cmd_demo(args) -> int:
@@ -133,6 +152,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    if not args.prompt:  # before anything loads
+        raise UserError("--prompt is empty: give the text to continue")
     path = Path(args.model).expanduser()
     if not path.exists():
         hint = (f" (generate reads local folders: `huggingface-cli download {args.model} --local-dir DIR` first)"
@@ -143,6 +164,7 @@ def cmd_generate(args) -> int:
     args.model = str(path)
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
+
     publisher = _publisher(None if args.no_publish else args.publish)
     try:
         _need_engine("generate")
@@ -176,8 +198,9 @@ def cmd_view(args) -> int:
         if args.count is None and args.duration is None:
             print("neuralflow view: recording until Ctrl-C (use --count or --duration to stop by itself)",
                   file=sys.stderr)
-        record_headless(endpoints, args.out or "neuralflow-frames", count=args.count, duration=args.duration,
-                        palette=args.palette)
+        with _kill_as_ctrl_c():
+            record_headless(endpoints, args.out or "neuralflow-frames", count=args.count,
+                            duration=args.duration, palette=args.palette)
         return 0
     _check_display()
     from .stream import Subscriber
@@ -193,7 +216,8 @@ def cmd_view(args) -> int:
 def cmd_record(args) -> int:
     from .playback import record_to_file
 
-    record_to_file(_endpoints(args), args.out, count=args.count, duration=args.duration)
+    with _kill_as_ctrl_c():
+        record_to_file(_endpoints(args), args.out, count=args.count, duration=args.duration)
     return 0
 
 
@@ -277,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-map", choices=("auto",), help="spread the model over the GPUs (accelerate)")
     p.add_argument("--attn", choices=("flash_attention_2", "sdpa", "eager"),
                    help="default: flash_attention_2 if flash-attn imports, else sdpa")
-    p.add_argument("--width", type=_positive(int), default=512, help="picture width in dims (default 512)")
+    p.add_argument("--width", type=_positive(int), help="picture width in dims (default: a power of two near "
+                   "sqrt(layers x hidden), 512 for Mistral 7B as in the original)")
     p.add_argument("--layout", choices=("bands", "layers"), default="bands")
     p.add_argument("--norm", choices=("seed", "layer", "reference"), default="seed")
     p.set_defaults(run=cmd_generate)
@@ -311,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png-dir", metavar="DIR", help="one PNG per frame")
     p.add_argument("--palette", **palette)
     p.add_argument("--fps", type=_positive(float), default=15.0, help="animation frame rate (default 15)")
-    p.add_argument("--zoom", type=_positive(int), default=1, help="integer scale (default 1)")
+    p.add_argument("--zoom", type=_positive(int), help="integer scale (default: at least 256 px wide)")
     p.add_argument("--guide", action="store_true", help="PNGs with the layer guide beside them")
     p.add_argument("--no-caption", action="store_true", help="animation without the step/token line")
     p.set_defaults(run=cmd_export)
@@ -325,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["bench"]:  # its flags belong to the suite's own parser
             return cmd_bench(argv[1:])
-        args = build_parser().parse_args(argv)
+        args, unknown = build_parser().parse_known_args(argv)
+        if unknown:  # argparse would point at the top-level help, not the command's
+            raise UserError(f"unrecognized arguments: {' '.join(unknown)} (see neuralflow {args.command} --help)")
         return args.run(args)
     except (UserError, RecordingError, PublishError) as err:
         print(f"neuralflow: error: {err}", file=sys.stderr)

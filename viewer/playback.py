@@ -161,14 +161,17 @@ class ReplaySource:
 
 
 def export(path: str | Path, *, gif: str | Path | None = None, png_dir: str | Path | None = None,
-           palette: str = "seed", fps: float = 15.0, zoom: int = 1, guide: bool = False,
+           palette: str = "seed", fps: float = 15.0, zoom: int | None = None, guide: bool = False,
            caption: bool = True, quiet: bool = False) -> dict:
     """Write a recording's frames as an animation (GIF, or APNG for .png/.apng) and/or one PNG
-    each (png_dir/frame_NNNNNN.png). Returns {"frames", "gif", "pngs", "truncated"}."""
+    each (png_dir/frame_NNNNNN.png). zoom None: the smallest that makes the picture at least
+    256 px wide (and its caption readable). Returns {"frames", "gif", "pngs", "truncated"}."""
     recording = open_recording(path)
     frames = list(recording)  # stops at a damaged record, marking the recording truncated
     if not frames:
         raise RecordingError(f"{path} holds no whole frame (its first record is damaged)")
+    if zoom is None:
+        zoom = max(1, -(-256 // max(f.width for f in frames)))
     pngs = []
     if png_dir is not None:
         folder = Path(png_dir)
@@ -184,6 +187,6 @@ def export(path: str | Path, *, gif: str | Path | None = None, png_dir: str | Pa
         cut = ""
         if recording.truncated:
             cut = f" (the recording is cut off after frame {len(frames)}; exported up to the cut)"
-        print(f"neuralflow export: {len(frames)} frames from {path}: wrote {' and '.join(wrote)}{cut}",
+        print(f"neuralflow: {len(frames)} frames from {path}: wrote {' and '.join(wrote)}{cut}",
               file=sys.stderr, flush=True)
     return {"frames": len(frames), "gif": animation, "pngs": pngs, "truncated": recording.truncated}
