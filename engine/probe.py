@@ -354,7 +354,8 @@ class ProbeCallback(TrainerCallback):
     processing_class (a processor's tokenizer). `prober` is built anew at each on_train_begin
     (its first probe is the reference) and closed at on_train_end, after a last probe of the
     final model when the last step was not a probe step. Each checkpoint keeps the step-0
-    states (neuralflow_probe.pt), so a run resumed from it still measures drift against step 0.
+    states (neuralflow_probe.pt), so a run resumed from it still measures drift against step 0;
+    its export holds the frames since the resume (the recording, appended to, holds them all).
     """
 
     def __init__(self, prompts, tokenizer=None, *, every: int = 50, export=None,
