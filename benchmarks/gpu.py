@@ -386,6 +386,9 @@ def capture_problems(section: dict) -> list[str]:
         problems.append(f"{counts.get('dropped')} dropped, {counts.get('delivered')} delivered")
     if counts.get("errors"):
         problems.append(f"capture failed in {counts['errors']} runs")
+    if counts.get("partial") or counts.get("stale"):  # hooks that did not run, or stale states
+        problems.append(f"{counts.get('partial', 0)} forwards without a picture, "
+                        f"{counts.get('stale', 0)} stale frames")
     if "error" in section.get("subscriber", {}):
         problems.append(section["subscriber"]["error"])
     elif counts.get("subscribed", 0) < reps:

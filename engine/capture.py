@@ -366,6 +366,9 @@ class Engine:
             self._held[i] = hidden
             if last:
                 self._staging.copy_(torch.cat(self._held, dim=1)[self.row])
+                # this step's only: a forward whose other layers ran compiled (a graph break in
+                # the layer stack) fails the cat and says so, rather than showing old rows
+                self._held[:] = [None] * len(self._held)
         else:
             hidden = hidden[self.row, -1]
             # detach only when there is a graph to leave (training); generation has none.

@@ -85,7 +85,10 @@ def module_device(module: torch.nn.Module) -> torch.device:
     for part in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
         device = getattr(part, "execution_device", None)
         if device is not None:
-            return torch.device(device)
+            device = torch.device(device)
+            if device.type == "cuda" and device.index is None:  # as a tensor there would say
+                device = torch.device("cuda", torch.cuda.current_device())
+            return device
     for tensor in itertools.chain(module.parameters(), module.buffers()):
         if tensor.device.type != "meta":
             return tensor.device

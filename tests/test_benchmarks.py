@@ -84,6 +84,7 @@ def test_gpu_verdicts_need_the_spread_and_a_complete_capture():
     assert capture_problems(section(captured=16, delivered=16)) == ["16 of 24 frames captured"]
     assert capture_problems(section(delivered=20, dropped=4)) == ["4 dropped, 20 delivered"]
     assert capture_problems(section(errors=1)) == ["capture failed in 1 runs"]
+    assert capture_problems(section(stale=2)) == ["0 forwards without a picture, 2 stale frames"]
     assert capture_problems(section(subscribed=2)) == ["a live subscriber in 2 of 3 runs"]
     no_zmq = section()
     no_zmq["subscriber"] = {"error": "pyzmq missing: frames went to a no-op sink"}

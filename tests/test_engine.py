@@ -71,18 +71,35 @@ def test_eager_decode_steps_copy_all_layers_at_once():
     model = tiny("mistral")
     ids = prompt(batch=2)
     frames = {True: [], False: []}
+    class Held(list):  # records what the hooks hold
+        def __setitem__(self, i, value):
+            if isinstance(i, int):
+                shapes.append(tuple(value.shape))
+            super().__setitem__(i, value)
+
     for hold in (True, False):
         engine = Engine(model, row=1, width=32, on_frame=frames[hold].append, strict=True)
         engine.attach()
         engine._one_device = hold  # False: as for a model split over devices
+        engine._held, shapes = Held(engine._held), []
         try:
             greedy(model, ids, 4)
-            held = [h for h in engine._held if h is not None]
-            assert [tuple(h.shape) for h in held] == ([(2, 1, 64)] * 3 if hold else [])
+            assert shapes == ([(2, 1, 64)] * 3 * 3 if hold else [])  # 3 decode steps x 3 layers
+            assert list(engine._held) == [None] * 3  # let go once copied
         finally:
             engine.detach()
-        assert engine._held == [None] * 3  # let go at detach
     assert len(frames[True]) == len(frames[False]) == 4
+
+    # a decode step whose first layer ran compiled (not held): an error, not the old rows
+    engine = Engine(model, width=32, strict=True)
+    with engine, torch.no_grad():
+        greedy(model, prompt(), 2)  # a held decode step before it
+        out = torch.randn(1, 1, 64)
+        engine._start((prompt(length=1),), {})
+        assert engine._hold
+        engine._capture_layer(1, False, out)
+        with pytest.raises(TypeError):
+            engine._capture_layer(2, True, out)
     for a, b in zip(frames[True], frames[False]):
         np.testing.assert_array_equal(a.pixels, b.pixels)
         np.testing.assert_array_equal(a.lo, b.lo)
@@ -666,3 +683,17 @@ def test_a_hand_written_loop_with_the_new_cache_name_warns_nothing():
         logging.getLogger("transformers").removeHandler(kept)
     assert [(f.step, f.position) for f in frames] == [(0, 4), (1, 5), (2, 6)]
     assert not [m for m in kept.messages if "deprecated" in m]
+
+
+def test_module_device_from_accelerate_hooks(monkeypatch):
+    """accelerate's execution_device ("cuda" without an index, inside a SequentialHook)
+    comes back as the device a tensor there would report, so attach can compare it."""
+    from types import SimpleNamespace
+
+    from neuralflow.engine.layers import module_device
+    layer = torch.nn.Linear(2, 2)
+    assert module_device(layer) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    for given, expected in (("cuda", "cuda:1"), ("cuda:2", "cuda:2"), ("cpu", "cpu")):
+        layer._hf_hook = SimpleNamespace(hooks=[SimpleNamespace(), SimpleNamespace(execution_device=given)])
+        assert module_device(layer) == torch.device(expected), given
