@@ -5,11 +5,11 @@
 """
 
 from neuralflow.engine.capture import Engine
-from neuralflow.engine.layers import UnsupportedModel, decoder_layers
+from neuralflow.engine.layers import UnsupportedModel, decoder_layers, typical_scale
 from neuralflow.engine.render import Picture, render
 
 __all__ = ["Engine", "Picture", "ProbeCallback", "Prober", "UnsupportedModel", "decoder_layers",
-           "render"]
+           "render", "typical_scale"]
 
 
 def __getattr__(name):

@@ -37,6 +37,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast, TextStreamer
 
 from neuralflow.engine.capture import Engine
+from neuralflow.engine.layers import typical_scale
 from neuralflow.viewer.recording import RecordingWriter
 from neuralflow.viewer.record import animation_frames, save_png, write_animation
 
@@ -174,30 +175,10 @@ class _Progress:
 
 def picture_reference(model, tokenizer, text: str, cfg: DemoConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(lo, hi) per layer for norm="reference": lo 0, hi the cfg.quantile of |layer output| over
-    a stretch of the training text.
-
-    The seed's scale (mean -/+ 25 x variance) suits a 7B model's small residual values; this
-    model's are larger (variance ~50), which would put every pixel at mid-scale (one flat
-    colour). A fixed scale from the model's own typical values shows the structure and keeps
-    frames comparable across tokens.
-    """
-    from neuralflow.engine.layers import decoder_layers
-
+    a stretch of the training text (layers.typical_scale). This model's values are larger than a
+    7B model's (variance ~50): the seed's scale would show one flat colour."""
     ids = torch.tensor(tokenizer(text)["input_ids"][:cfg.context * 8])[None]
-    outputs = []
-
-    def keep(module, args, output):
-        outputs.append((output[0] if isinstance(output, (tuple, list)) else output)[0, 8:].abs().flatten())
-
-    handles = [layer.register_forward_hook(keep) for layer in decoder_layers(model)[1]]
-    try:
-        with torch.no_grad():
-            model(input_ids=ids)
-    finally:
-        for handle in handles:
-            handle.remove()
-    hi = torch.stack([torch.quantile(x.float(), cfg.quantile) for x in outputs])
-    return torch.zeros_like(hi), hi
+    return typical_scale(model, ids, cfg.quantile, skip=8)
 
 
 # ---- generation ----------------------------------------------------------------------------
@@ -325,7 +306,7 @@ def _run(args, cfg: DemoConfig, out: Path, window: bool, say, started: float) ->
         model.save_pretrained(args.save)
         tokenizer.save_pretrained(args.save)
         say(f"saved the trained model to {args.save} "
-            f"(try: neuralflow generate --model {args.save} --prompt 'Alice')")
+            f"(try: neuralflow generate --model {args.save} --prompt 'Alice' --norm prompt)")
 
     reference = picture_reference(model, tokenizer, text, cfg)
     out.mkdir(parents=True, exist_ok=True)

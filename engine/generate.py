@@ -25,7 +25,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TextSt
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from neuralflow.engine.capture import Engine
-from neuralflow.engine.layers import UnsupportedModel, decoder_layers, hidden_size, module_device
+from neuralflow.engine.layers import (UnsupportedModel, decoder_layers, hidden_size, module_device,
+                                      typical_scale)
 from neuralflow.engine.render import fused_by_default, square_width
 from neuralflow.viewer.cli import UserError
 
@@ -153,8 +154,13 @@ def run(args, publisher) -> int:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     try:
         width = args.width or square_width(len(decoder_layers(model)[1]), hidden_size(model))
-        engine = Engine(model, width=width, layout=args.layout, norm=args.norm, tokenizer=tokenizer,
-                        on_frame=publisher.publish if publisher else None, label=Path(args.model).name)
+        norm, reference = args.norm, None
+        if norm == "prompt":  # one forward of the prompt first, for the picture's fixed scale
+            norm, reference = "reference", typical_scale(model, inputs["input_ids"])
+            say("picture scale from the prompt: per layer, lo 0, hi the 99th percentile of |x|")
+        engine = Engine(model, width=width, layout=args.layout, norm=norm, reference=reference,
+                        tokenizer=tokenizer, on_frame=publisher.publish if publisher else None,
+                        label=Path(args.model).name)
     except (UnsupportedModel, ValueError) as err:  # an unknown architecture, a width too narrow
         raise UserError(str(err)) from None
     if fused_by_default(device):

@@ -101,6 +101,36 @@ def model_name(model: torch.nn.Module) -> str:
     return getattr(getattr(base, "config", None), "_name_or_path", "") or type(base).__name__
 
 
+def typical_scale(model: torch.nn.Module, input_ids: torch.Tensor, quantile: float = 0.99,
+                  skip: int = 1, limit: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """A picture scale from the model's own values, for norm="reference": per layer, lo 0 and
+    hi the `quantile` of |output| over the positions of input_ids[0] after the first `skip`
+    (a first token's outliers would set it) and at most the last `limit`. One forward.
+
+    The seed's scale (mean -/+ 25 x variance) suits Mistral 7B's small residual values; models
+    with larger ones (most small models; layers with a few huge dims) come out one flat colour
+    under it, while this scale shows their structure and keeps frames comparable."""
+    _, layers = decoder_layers(model)
+    hi: list = [None] * len(layers)
+
+    def hook_for(i):
+        def hook(module, args, output):
+            x = layer_output(output)[0]
+            x = x[min(skip, x.shape[0] - 1):][-limit:]  # one position at least
+            hi[i] = torch.quantile(x.detach().abs().float().flatten(), quantile)
+        return hook
+
+    handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    top = torch.stack([h.to(hi[-1].device) for h in hi])
+    return torch.zeros_like(top), top
+
+
 @contextlib.contextmanager
 def last_token_outputs(model: torch.nn.Module, row: int = 0):
     """Record, per forward, the [layers, hidden] float32 outputs of every decoder layer at the

@@ -192,6 +192,33 @@ def test_generate_streams_one_frame_per_forward(checkpoint):
     assert received[0].meta["token"] == "e" and received[0].position == 4  # last prompt byte
 
 
+def test_generate_with_the_prompts_own_scale(checkpoint):
+    """--norm prompt: one forward of the prompt sets a fixed scale per layer (lo 0, hi the 99th
+    percentile of |x|), so the frames are norm "reference" frames with that range, and show
+    structure: many levels, few at either end."""
+    endpoint = free_endpoint()
+    received = []
+    with Subscriber(endpoint) as sub:
+        process = subprocess.Popen([*CLI, "generate", "--model", str(checkpoint), "--prompt", "Alice was",
+                                    "--max-new-tokens", "4", "--publish", endpoint, "--wait-viewer", "30",
+                                    "--norm", "prompt"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, env=dict(os.environ, DISPLAY=""))
+        while process.poll() is None or len(received) < 4:
+            frame = sub.recv(timeout=0.2)
+            if frame is not None:
+                received.append(frame)
+            elif process.poll() is not None:
+                break
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "picture scale from the prompt" in err and len(received) == 4
+    for frame in received:
+        assert frame.norm == "reference" and not frame.lo.any() and (frame.hi > 0).all()
+        assert np.array_equal(frame.hi, received[0].hi)  # fixed
+        values = frame.pixels[:, :frame.width]
+        assert len(np.unique(values)) > 30 and np.mean(values == 255) < 0.1
+
+
 def test_pick_attention_falls_back_to_sdpa(monkeypatch):
     from neuralflow.engine import generate
 

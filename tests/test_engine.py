@@ -697,3 +697,21 @@ def test_module_device_from_accelerate_hooks(monkeypatch):
     for given, expected in (("cuda", "cuda:1"), ("cuda:2", "cuda:2"), ("cpu", "cpu")):
         layer._hf_hook = SimpleNamespace(hooks=[SimpleNamespace(), SimpleNamespace(execution_device=given)])
         assert module_device(layer) == torch.device(expected), given
+
+
+def test_typical_scale_is_a_quantile_of_each_layers_values():
+    from neuralflow.engine import typical_scale
+    model = tiny("mistral")
+    ids = prompt(length=12)
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states
+    seen = []
+    handle = model.model.norm.register_forward_pre_hook(lambda m, a: seen.append(a[0]))  # the last layer's output
+    try:
+        lo, hi = typical_scale(model, ids, quantile=0.9, skip=2, limit=6)
+        typical_scale(model, ids[:, :1])  # one token: it is used, skip or not
+    finally:
+        handle.remove()
+    outputs = [h[0] for h in hidden[1:-1]] + [seen[0][0]]
+    want = torch.stack([torch.quantile(x[2:][-6:].abs().flatten(), 0.9) for x in outputs])
+    assert torch.equal(lo, torch.zeros(3)) and torch.allclose(hi, want)

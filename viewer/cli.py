@@ -304,7 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=_positive(int), help="picture width in dims (default: a power of two near "
                    "sqrt(layers x hidden), 512 for Mistral 7B as in the original)")
     p.add_argument("--layout", choices=("bands", "layers"), default="bands")
-    p.add_argument("--norm", choices=("seed", "layer", "reference"), default="seed")
+    p.add_argument("--norm", choices=("seed", "layer", "reference", "prompt"), default="seed",
+                   help="seed (default): the original's per-frame scale; layer: the same per layer; "
+                   "reference: the first frame's scale, frozen; prompt: a fixed scale from the "
+                   "prompt's own values (per layer, lo 0, hi the 99th percentile of |x|), for "
+                   "models the seed's scale shows as one flat colour")
     p.set_defaults(run=cmd_generate)
 
     p = commands.add_parser("view", help="the live window (or --replay a recording; --headless writes PNGs + GIF)")
