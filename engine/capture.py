@@ -98,6 +98,8 @@ class Engine:
             raise ValueError(f"slots must be at least 3, got {slots}")
         if row < 0:
             raise ValueError(f"row must be >= 0, got {row}")
+        if wait and not publish:
+            raise ValueError("wait= waits for a viewer of publish=, and no endpoint is given")
         self.model = model
         _, self.layers = decoder_layers(model)
         self.hidden = hidden_size(model)
@@ -158,10 +160,6 @@ class Engine:
             from neuralflow.viewer.stream import Publisher
             self.publisher = Publisher(self.publish_endpoint)
             self.sinks.append(self.publisher.publish)
-            if self.wait > 0 and not self.publisher.wait_for_subscribers(1, self.wait):
-                log.warning("neuralflow: no viewer subscribed to %s within %g s; frames go out "
-                            "anyway, and a viewer that joins later sees them from then on",
-                            self.publisher.endpoint, self.wait)
         # (step, position) of the last forward with each cache object, held weakly: a finished
         # sequence's cache must not stay alive here
         self._sequences: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -182,7 +180,11 @@ class Engine:
             for layer, hook in zip(self.layers, self._layer_hooks):
                 self._handles.append(layer.register_forward_hook(hook))
             self._handles.append(top.register_forward_hook(self._end_hook))
-        except BaseException:
+            if self.wait > 0 and not self.publisher.wait_for_subscribers(1, self.wait):
+                log.warning("neuralflow: no viewer subscribed to %s within %g s; frames go out "
+                            "anyway, and a viewer that joins later sees them from then on",
+                            self.publisher.endpoint, self.wait)
+        except BaseException:  # (Ctrl-C in the wait, say): no hook or bound port left behind
             self.detach()
             raise
 

@@ -101,29 +101,39 @@ def model_name(model: torch.nn.Module) -> str:
     return getattr(getattr(base, "config", None), "_name_or_path", "") or type(base).__name__
 
 
+class _Enough(Exception):
+    """Raised by typical_scale's last hook: the rest of the forward (norm, logits) is not needed."""
+
+
 def typical_scale(model: torch.nn.Module, input_ids: torch.Tensor, quantile: float = 0.99,
                   skip: int = 1, limit: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """A picture scale from the model's own values, for norm="reference": per layer, lo 0 and
     hi the `quantile` of |output| over the positions of input_ids[0] after the first `skip`
-    (a first token's outliers would set it) and at most the last `limit`. One forward.
+    (a first token's outliers would set it) and at most the last `limit` (fewer where
+    torch.quantile's 2^24 values would not hold them). One forward, up to the last layer.
 
     The seed's scale (mean -/+ 25 x variance) suits Mistral 7B's small residual values; models
     with larger ones (most small models; layers with a few huge dims) come out one flat colour
     under it, while this scale shows their structure and keeps frames comparable."""
     _, layers = decoder_layers(model)
     hi: list = [None] * len(layers)
+    limit = max(1, min(limit, 2**24 // hidden_size(model)))
 
     def hook_for(i):
         def hook(module, args, output):
             x = layer_output(output)[0]
             x = x[min(skip, x.shape[0] - 1):][-limit:]  # one position at least
             hi[i] = torch.quantile(x.detach().abs().float().flatten(), quantile)
+            if i == len(layers) - 1:
+                raise _Enough
         return hook
 
     handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]
     try:
         with torch.no_grad():
             model(input_ids=input_ids, use_cache=False)
+    except _Enough:
+        pass
     finally:
         for handle in handles:
             handle.remove()

@@ -47,8 +47,8 @@ class Picture:
 
 
 def square_width(layers: int, hidden: int) -> int:
-    """The smallest power of two at least sqrt(layers x hidden): a picture about twice as wide
-    as tall, 512 for Mistral 7B's 32 x 4096 (the seed's width), 32 for 4 x 256."""
+    """The smallest power of two at least sqrt(layers x hidden): a picture between square and
+    twice as wide as tall, 512 for Mistral 7B's 32 x 4096 (the seed's width), 32 for 4 x 256."""
     return 1 << max(0, math.ceil(math.log2(math.sqrt(layers * hidden))))
 
 

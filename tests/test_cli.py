@@ -333,6 +333,7 @@ def test_an_unknown_flag_points_at_its_commands_help():
 
 def test_an_empty_prompt_is_refused_before_anything_loads():
     user_error(run(["generate", "--model", ".", "--prompt", ""]), "--prompt is empty")
+    user_error(run(["demo", "--quick", "--prompt", ""]), "--prompt is empty")
 
 
 def test_not_a_recording(tmp_path):
@@ -508,6 +509,16 @@ def test_replay_loop_holds_the_last_frame_and_waits_when_asked(tmp_path):
     started = time.monotonic()
     steps = [source.recv(timeout=None).step for _ in range(7)]
     assert steps == [0, 1, 2, 0, 1, 2, 0] and time.monotonic() - started >= 0.055
+
+
+def test_export_zooms_tall_frames_no_taller_than_a_gif_holds(tmp_path):
+    path = tmp_path / "tall.nfrec"
+    with RecordingWriter(path) as writer:  # Mistral 7B at width 16: 8192 rows
+        writer.write(Frame(pixels=np.zeros((8192, 16), np.uint8), layers=32, hidden=4096))
+    result = run(["export", str(path), "--gif", str(tmp_path / "tall.gif")])
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / "tall.gif") as gif:
+        assert gif.size[0] == 16  # zoom 1: 16 x 8192 already
 
 
 def test_damaged_first_record_and_bad_numbers_are_one_line(tmp_path):

@@ -703,15 +703,16 @@ def test_typical_scale_is_a_quantile_of_each_layers_values():
     from neuralflow.engine import typical_scale
     model = tiny("mistral")
     ids = prompt(length=12)
-    with torch.no_grad():
-        hidden = model(ids, output_hidden_states=True).hidden_states
-    seen = []
-    handle = model.model.norm.register_forward_pre_hook(lambda m, a: seen.append(a[0]))  # the last layer's output
+    seen = []  # the final norm's input: the last layer's output
+    handle = model.model.norm.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
     try:
+        with torch.no_grad():
+            hidden = model(ids, output_hidden_states=True).hidden_states
         lo, hi = typical_scale(model, ids, quantile=0.9, skip=2, limit=6)
         typical_scale(model, ids[:, :1])  # one token: it is used, skip or not
     finally:
         handle.remove()
+    assert len(seen) == 1  # typical_scale stopped after the last layer: no final norm, no logits
     outputs = [h[0] for h in hidden[1:-1]] + [seen[0][0]]
     want = torch.stack([torch.quantile(x[2:][-6:].abs().flatten(), 0.9) for x in outputs])
     assert torch.equal(lo, torch.zeros(3)) and torch.allclose(hi, want)

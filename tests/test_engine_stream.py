@@ -110,3 +110,25 @@ def test_wait_holds_the_start_until_a_viewer_has_subscribed(tmp_path, caplog):
     with Engine(model, width=128, publish="tcp://127.0.0.1:*", wait=0.3):
         pass
     assert time.monotonic() - started >= 0.3 and "no viewer subscribed" in caplog.text
+
+
+def test_an_interrupted_wait_leaves_no_port_or_hook(monkeypatch):
+    """Ctrl-C while attach waits for a viewer: the port is free again and the model unhooked."""
+    from neuralflow.viewer.stream import Publisher
+    model, _ = model_and_prompt()
+    probe = Publisher("tcp://127.0.0.1:*")
+    endpoint = probe.endpoint
+    probe.close()
+
+    def interrupted(self, count=1, timeout=5.0):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Publisher, "wait_for_subscribers", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with Engine(model, width=128, publish=endpoint, wait=10):
+            pass
+    Publisher(endpoint).close()  # binds: the Engine let go of the port
+    assert not model._forward_hooks and not model._forward_pre_hooks
+    assert not any(layer._forward_hooks for layer in model.model.layers)
+    with pytest.raises(ValueError, match="publish"):
+        Engine(model, wait=5)

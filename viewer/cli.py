@@ -133,6 +133,8 @@ def _kill_as_ctrl_c():
 # ---- commands ------------------------------------------------------------------------------
 
 def cmd_demo(args) -> int:
+    if args.prompt == "":
+        raise UserError("--prompt is empty: give the text to continue")
     if args.train:
         ignored = [f"--{name.replace('_', '-')}" for name in ("tokens", "prompt", "wait_viewer", "pace", "save")
                    if getattr(args, name) is not None]

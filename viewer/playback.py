@@ -170,8 +170,8 @@ def export(path: str | Path, *, gif: str | Path | None = None, png_dir: str | Pa
     frames = list(recording)  # stops at a damaged record, marking the recording truncated
     if not frames:
         raise RecordingError(f"{path} holds no whole frame (its first record is damaged)")
-    if zoom is None:
-        zoom = max(1, -(-256 // max(f.width for f in frames)))
+    if zoom is None:  # at most 4096 px tall: GIF holds 65535 a side
+        zoom = max(1, min(-(-256 // max(f.width for f in frames)), 4096 // max(f.height for f in frames)))
     pngs = []
     if png_dir is not None:
         folder = Path(png_dir)
