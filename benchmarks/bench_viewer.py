@@ -123,7 +123,7 @@ def test_window_end_to_end_fps(display):
     from neuralflow.viewer.stream import Publisher, Subscriber
 
     with Publisher("tcp://127.0.0.1:*") as pub:
-        sub = Subscriber(pub.endpoint, latest_only=True)
+        sub = Subscriber(pub.endpoint, latest_only=False)
         root, view = open_window(display, sub)
         view.poll_ms = 2
         stop = threading.Event()

@@ -423,3 +423,43 @@ def test_paused_past_the_history_says_so(display, monkeypatch):
         assert "view     paused, 7 before 4 kept" in text  # frame 0 shown; 7..10 kept
     finally:
         root.destroy()
+
+
+def test_the_live_window_keeps_every_frame(display, monkeypatch, tmp_path):
+    """Frames that arrive between two polls all reach the history (and so scrubbing and the
+    r recording); the window shows the newest."""
+    monkeypatch.setenv("DISPLAY", display)
+    from neuralflow.viewer import cli, stream
+
+    class Burst:  # a Subscriber with 10 frames queued
+        def __init__(self, endpoints, latest_only=False):
+            self.latest_only, self.queue = latest_only, [make_frame(k, 1) for k in range(10)]
+            self.state, self.stats = "live", {"gaps": 0, "rejected": 0}
+
+        def recv(self, timeout=None):
+            if self.latest_only:  # drains the queue, hands out the newest only
+                frames, self.queue = self.queue, []
+                return frames[-1] if frames else None
+            return self.queue.pop(0) if self.queue else None
+
+        def close(self):
+            pass
+
+    seen = {}
+
+    def open_window(source, args, where):
+        import tkinter as tk
+
+        from neuralflow.viewer.window import ViewerWindow
+        root = tk.Tk()
+        try:
+            view = ViewerWindow(root, source, out_dir=tmp_path)
+            wait_for(lambda: root.update() or not source.queue and view.shown is not None, 5, "frames taken")
+            seen.update(total=view.total, shown=view.shown.seq)
+        finally:
+            root.destroy()
+
+    monkeypatch.setattr(stream, "Subscriber", Burst)
+    monkeypatch.setattr(cli, "_open_window", open_window)
+    assert cli.main(["view", "--connect", "tcp://127.0.0.1:5999"]) == 0
+    assert seen == {"total": 10, "shown": 9}

@@ -207,7 +207,9 @@ def cmd_view(args) -> int:
     _check_display()
     from .stream import Subscriber
 
-    source = Subscriber(endpoints, latest_only=True)
+    # every frame, not the newest only: the window shows the newest of each poll, and keeps
+    # them all for scrubbing and for its recordings (it takes up to 64 per poll, every 4 ms)
+    source = Subscriber(endpoints, latest_only=False)
     try:
         _open_window(source, args, f"on {', '.join(endpoints)}")
     finally:
