@@ -85,19 +85,24 @@ def publish_when_joined(endpoint_box, frames, done):
         done.wait(10)
 
 
-def test_record_headless_over_a_real_publisher(tmp_path, capsys):
-    session = new_session_id()
-    frames = [make_frame(k, session=session, token=f"t{k}") for k in range(7)]
+def headless_from_a_publisher(frames, out, **kwargs) -> dict:
+    """record_headless(out, count=len(frames)) while a thread publishes `frames` to it."""
     box, done = [], threading.Event()
     publisher = threading.Thread(target=publish_when_joined, args=(box, frames, done))
     publisher.start()
     try:
         while not box:
             threading.Event().wait(0.01)
-        result = record_headless(box[0], tmp_path / "out", count=7, duration=20, palette="seed")
+        return record_headless(box[0], out, count=len(frames), duration=20, **kwargs)
     finally:
         done.set()
         publisher.join()
+
+
+def test_record_headless_over_a_real_publisher(tmp_path, capsys):
+    session = new_session_id()
+    frames = [make_frame(k, session=session, token=f"t{k}") for k in range(7)]
+    result = headless_from_a_publisher(frames, tmp_path / "out", palette="seed")
     assert result["frames"] == 7 and result["stats"]["gaps"] == 0
     pngs = sorted((tmp_path / "out").glob("frame_*.png"))
     assert pngs == result["pngs"] and len(pngs) == 7
@@ -122,16 +127,7 @@ def test_record_headless_duration_without_publisher(tmp_path, capsys):
 def test_record_headless_says_it_joined_late(tmp_path, capsys):
     session = new_session_id()
     frames = [make_frame(k, session=session).replace(seq=k + 40) for k in range(3)]
-    box, done = [], threading.Event()
-    publisher = threading.Thread(target=publish_when_joined, args=(box, frames, done))
-    publisher.start()
-    try:
-        while not box:
-            threading.Event().wait(0.01)
-        record_headless(box[0], tmp_path / "out", count=3, duration=20)
-    finally:
-        done.set()
-        publisher.join()
+    headless_from_a_publisher(frames, tmp_path / "out")
     assert "joined at frame 40 of its stream" in capsys.readouterr().err
 
 
