@@ -80,9 +80,9 @@ class Engine:
     """Capture one frame per forward pass of `model` while attached (a context manager).
 
     row: batch row to watch; with beam search or num_return_sequences a row of the expanded
-    batch (prompt b's k-th beam is row b * beams + k). width, layout, norm: see `render`. reference: lo/hi for
-    norm="reference" (a Picture, a Frame or a (lo, hi) pair); None freezes the first frame's
-    seed statistics. on_frame: callable(Frame) run on the delivery thread. publish: a ZeroMQ
+    batch (prompt b's k-th beam is row b * beams + k). width, layout, norm: see `render`.
+    reference: lo/hi for norm="reference" (a Picture, a Frame or a (lo, hi) pair); None freezes
+    the first frame's seed statistics. on_frame: callable(Frame) run on the delivery thread. publish: a ZeroMQ
     endpoint to stream frames to; wait: seconds attach waits for a viewer to subscribe there
     (returning as soon as one has), so the first frames do not go out to no one.
     tokenizer: decodes token ids into meta["token"].
@@ -335,9 +335,9 @@ class Engine:
             # every step, empty or None before the prefill
             return (self._step + 1, self._position + q_len) if len(cache) else (0, q_len - 1)
         try:
-            last, known = self._sequences.get(cache), True
+            last = self._sequences.get(cache)
         except TypeError:  # not weakly referable (or hashable): each forward is a new sequence
-            last, known = None, False
+            last = None
         past = _cached_length(cache)  # a DynamicCache knows its length; others cost a sync
         if past is None:  # (a StaticCache, say): the same object continues its sequence
             step, position = (0, q_len - 1) if last is None else (last[0] + 1, last[1] + q_len)
@@ -347,9 +347,14 @@ class Engine:
             step, position = last[0] + 1, past + q_len - 1  # decoding crops and reset() empties
         else:  # a new sequence over a reused prefix
             step, position = 0, past + q_len - 1
-        if known:
-            self._sequences[cache] = (step, position)
+        self._remember(cache, (step, position))
         return step, position
+
+    def _remember(self, cache, place: tuple[int, int]) -> None:
+        try:
+            self._sequences[cache] = place
+        except TypeError:  # not weakly referable (or hashable)
+            pass
 
     def _layer_hook(self, i: int):
         last = i == len(self.layers) - 1
@@ -407,10 +412,7 @@ class Engine:
             cache = (dict.get(output, "cache", dict.get(output, "past_key_values"))
                      if isinstance(output, dict) else None)
             if cache is not None and not isinstance(cache, (tuple, list)):
-                try:
-                    self._sequences[cache] = (self._step, self._position)
-                except TypeError:  # not weakly referable
-                    pass
+                self._remember(cache, (self._step, self._position))
         self._ship()
 
     def _ship(self) -> None:

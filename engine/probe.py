@@ -31,8 +31,8 @@ i.e. the mean absolute change in units of the layer's own step-0 spread. The dri
 the first layer l > 0 with drift[l] >= floor and drift[l] >= factor * max(drift[:l]): layers
 below it moved less than 1/factor as much. When no such layer exists but layer 0 moved at least
 floor, it is layer 0 (everything moved; in a full fine-tune layer 0 always moves a little, so it
-must not hide a jump higher up). A warning names that
-layer whenever it changes (`Prober.jumps` keeps them).
+must not hide a jump higher up). A warning names that layer whenever it changes
+(`Prober.jumps` keeps them).
 
 Logs: at each probe step the callback makes the Trainer log (on every rank: logging gathers
 the loss across ranks) and adds drift/<probe>/layer_NN, drift/<probe>/mean and
@@ -54,13 +54,13 @@ with the step drawn on each, a looping 15 fps GIF). engine/train_demo.py backs
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
 import logging
 import numbers
 import os
 import random
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +226,11 @@ class Prober:
             raise ValueError("a probe prompt is empty")
         return ids
 
+    @property
+    def rank_suffix(self) -> str:
+        """".rankN" in the names of this rank's files when every rank probes, else ""."""
+        return f".rank{self.rank}" if self.all_ranks else ""
+
     def _open_sinks(self, publish, recording) -> None:
         from neuralflow.viewer.recording import RecordingWriter
         from neuralflow.viewer.stream import Publisher
@@ -241,9 +246,7 @@ class Prober:
                     self.publishers[name] = Publisher(_offset_port(endpoint, shift))
             if recording:
                 path = Path(recording)
-                if self.all_ranks:
-                    path = path.with_name(f"{path.stem}.rank{self.rank}{path.suffix}")
-                self.writer = RecordingWriter(path)
+                self.writer = RecordingWriter(path.with_name(path.stem + self.rank_suffix + path.suffix))
         except BaseException:
             self.close()
             raise
@@ -398,20 +401,18 @@ class ProbeCallback(TrainerCallback):
             self._resume(args, state.global_step)
         self._probe(state.global_step, control)
 
-    def _saved_name(self) -> str:
-        return f"neuralflow_probe{f'.rank{self.prober.rank}' if self.prober.all_ranks else ''}.pt"
-
     def _resume(self, args, step: int) -> None:
         """Resumed from a checkpoint: drift stays against step 0, from the states it saved. The
         Trainer does not tell callbacks which checkpoint it resumed from: this looks in
         TrainingArguments.resume_from_checkpoint, then in output_dir/checkpoint-<step>."""
+        name = f"neuralflow_probe{self.prober.rank_suffix}.pt"
         folders = [Path(args.output_dir) / f"checkpoint-{step}"]
         if isinstance(args.resume_from_checkpoint, str):
             folders.insert(0, Path(args.resume_from_checkpoint))
-        path = next((f / self._saved_name() for f in folders if (f / self._saved_name()).is_file()), None)
+        path = next((f / name for f in folders if (f / name).is_file()), None)
         try:
             if path is None:
-                raise FileNotFoundError(f"no {self._saved_name()} in {' or '.join(map(str, folders))} "
+                raise FileNotFoundError(f"no {name} in {' or '.join(map(str, folders))} "
                                         "(a checkpoint elsewhere: pass it as TrainingArguments("
                                         "resume_from_checkpoint=...) too)")
             saved = torch.load(path, weights_only=True)
@@ -443,10 +444,11 @@ class ProbeCallback(TrainerCallback):
             return
         saved = {"start": self.prober.start, "jumps": self.prober.jumps,
                  "prompts": {name: self.prober.prompts[name] for name in self.prober.start}}
-        partial = folder / (self._saved_name() + ".partial")
+        path = folder / f"neuralflow_probe{self.prober.rank_suffix}.pt"
+        partial = path.with_name(path.name + ".partial")
         try:  # written whole or not at all: a kill mid-write leaves no half file to resume from
             torch.save(saved, partial)
-            os.replace(partial, folder / self._saved_name())
+            os.replace(partial, path)
         except Exception as err:  # a full disk must not stop training
             if self.options.get("strict"):
                 raise
@@ -488,8 +490,8 @@ class ProbeCallback(TrainerCallback):
             if self.export and self.prober.active:
                 for name, frames in self.prober.frames.items():
                     if frames:
-                        stem = re.sub(r"[^\w.-]+", "_", name)  # a file name, whatever the prompt's name
-                        stem += f".rank{self.prober.rank}" if self.prober.all_ranks else ""
+                        # a file name, whatever the prompt's name
+                        stem = re.sub(r"[^\w.-]+", "_", name) + self.prober.rank_suffix
                         export_timeline(frames, self.export, mode=self.export_mode, name=stem)
         except Exception as err:
             if self.options.get("strict"):

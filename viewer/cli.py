@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("demo", help="train a tiny Mistral on Alice in Wonderland, then watch it write "
                             "(about a minute on 2 CPU cores, nothing downloaded)")
-    p.add_argument("--quick", action="store_true", help="a few seconds: 20 training steps, 24 tokens (with --train: 12 steps)")
+    p.add_argument("--quick", action="store_true",
+                   help="a few seconds: 20 training steps, 24 tokens (with --train: 12 steps)")
     p.add_argument("--steps", type=_positive(int), help="training steps (default 240; with --train 120)")
     p.add_argument("--tokens", type=_positive(int), help="tokens to generate (default 160)")
     p.add_argument("--prompt", help="start of the text to continue (default 'Alice was ')")

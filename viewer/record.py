@@ -83,7 +83,8 @@ def write_animation(frames: Iterable[Frame | np.ndarray], path: str | os.PathLik
     """Write frames as an animated GIF (".gif") or APNG (".png", ".apng"); returns the path.
 
     fps: GIF stores delays in 1/100 s, so 15 fps becomes 70 ms per frame (14.3 fps), and keeps
-    them within 20 ms (50 fps) and 655 s; APNG keeps milliseconds, within 1 ms and 65 s. loop=0 loops forever. text=True draws `caption_text(frame)` under each
+    them within 20 ms (50 fps) and 655 s; APNG keeps milliseconds, within 1 ms and 65 s.
+    loop=0 loops forever. text=True draws `caption_text(frame)` under each
     picture; a callable(frame) -> str draws your own.
     """
     path = Path(path)

@@ -13,8 +13,9 @@ r start/stop recording (GIF, or APNG with `neuralflow view --apng`; 15 fps, loop
 reference, d difference to the reference (diverging palette) with a per-layer drift bar, q quit.
 
 The Tk loop never blocks: every `poll_ms` an `after` callback takes whatever the subscriber
-has (recv(timeout=0), up to 64 frames) into the history and any recording, and shows the newest. New sessions, new geometries and errors are reported in
-the status line (and as one line on stderr) and the window keeps going.
+has (recv(timeout=0), up to 64 frames) into the history and any recording, and shows the
+newest. New sessions, new geometries and errors are reported in the status line (and as one
+line on stderr) and the window keeps going.
 """
 
 from __future__ import annotations
