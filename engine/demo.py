@@ -39,7 +39,7 @@ from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerF
 from neuralflow.engine.capture import Engine
 from neuralflow.engine.layers import typical_scale
 from neuralflow.viewer.recording import RecordingWriter
-from neuralflow.viewer.record import animation_frames, save_png, write_animation
+from neuralflow.viewer.record import animation_frames, drop_stale_frames, save_png, write_animation
 
 DATA = Path(__file__).parent / "data" / "alice.txt"
 SPECIALS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2; byte b is id 3 + b
@@ -329,6 +329,8 @@ def _run(args, cfg: DemoConfig, out: Path, window: bool, say, started: float) ->
 
     if not window:
         pngs = [save_png(f, out / f"frame_{i:04d}.png", zoom=cfg.zoom) for i, f in enumerate(frames)]
+        if stale := drop_stale_frames(out, len(pngs), digits=4):
+            say(f"deleted {stale} frame PNGs an earlier, longer demo left in {out}/")
         gif = write_animation(frames, out / "demo.gif", zoom=cfg.zoom, text=True)
         sheet = contact_sheet(frames[:24], out / "sheet.png")
         say(f"wrote {len(pngs)} PNGs to {out}/ (frame_0000.png ...), the animation {gif} and {sheet}")

@@ -13,7 +13,9 @@ from PIL import Image
 
 from neuralflow.viewer.frame import Frame
 from neuralflow.viewer.palette import colorize
+from neuralflow.viewer.playback import export
 from neuralflow.viewer.record import CAPTION, record_headless, save_png, write_animation
+from neuralflow.viewer.recording import RecordingWriter
 from neuralflow.viewer.stream import Publisher
 from neuralflow.viewer.wire import new_session_id
 
@@ -129,6 +131,31 @@ def test_record_headless_says_it_joined_late(tmp_path, capsys):
     frames = [make_frame(k, session=session).replace(seq=k + 40) for k in range(3)]
     headless_from_a_publisher(frames, tmp_path / "out")
     assert "joined at frame 40 of its stream" in capsys.readouterr().err
+
+
+def test_a_shorter_run_into_the_same_folder_leaves_only_its_own_frames(tmp_path, capsys):
+    out, session = tmp_path / "out", new_session_id()
+    out.mkdir()
+    save_png(make_frame(0), out / "frame_12.png")  # not this run's naming: kept
+    (out / "frame_000009.txt").write_text("mine")
+    headless_from_a_publisher([make_frame(k, session=session) for k in range(5)], out)
+    capsys.readouterr()
+    headless_from_a_publisher([make_frame(k, session=session + 1) for k in range(2)], out)
+    assert sorted(p.name for p in out.iterdir()) == ["animation.gif", "frame_000000.png", "frame_000001.png",
+                                                     "frame_000009.txt", "frame_12.png"]
+    assert "deleted 3 frame PNGs an earlier, longer recording left there" in capsys.readouterr().err
+
+    path = tmp_path / "run.nfrec"  # export: the same, after an export of a longer recording
+    with RecordingWriter(path) as writer:
+        for k in range(4):
+            writer.write(make_frame(k, session=session))
+    export(path, png_dir=out)
+    with RecordingWriter(tmp_path / "short.nfrec") as writer:
+        writer.write(make_frame(0, session=session))
+    capsys.readouterr()
+    assert len(export(tmp_path / "short.nfrec", png_dir=out)["pngs"]) == 1
+    assert sorted(p.name for p in out.glob("frame_*")) == ["frame_000000.png", "frame_000009.txt", "frame_12.png"]
+    assert "wrote 1 PNGs in" in (err := capsys.readouterr().err) and "deleted 3 frame PNGs" in err
 
 
 def test_viewer_runs_with_torch_unimportable(tmp_path):

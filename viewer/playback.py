@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from .recording import Recording, RecordingError, RecordingWriter
-from .record import save_png, write_animation
+from .record import drop_stale_frames, save_png, write_animation
 
 
 def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int | None = None,
@@ -172,17 +172,19 @@ def export(path: str | Path, *, gif: str | Path | None = None, png_dir: str | Pa
         raise RecordingError(f"{path} holds no whole frame (its first record is damaged)")
     if zoom is None:  # at most 4096 px tall: GIF holds 65535 a side
         zoom = max(1, min(-(-256 // max(f.width for f in frames)), 4096 // max(f.height for f in frames)))
-    pngs = []
+    pngs, stale = [], 0
     if png_dir is not None:
         folder = Path(png_dir)
         folder.mkdir(parents=True, exist_ok=True)
         pngs = [save_png(f, folder / f"frame_{i:06d}.png", palette=palette, guide=guide, zoom=zoom)
                 for i, f in enumerate(frames)]
+        stale = drop_stale_frames(folder, len(pngs))
     animation = None
     if gif is not None:
         animation = write_animation(frames, gif, palette=palette, fps=fps, zoom=zoom, text=caption)
     if not quiet:
-        wrote = [f"{len(pngs)} PNGs in {png_dir}"] if png_dir is not None else []
+        deleted = f" (deleted {stale} frame PNGs an earlier, longer export left there)" if stale else ""
+        wrote = [f"{len(pngs)} PNGs in {png_dir}{deleted}"] if png_dir is not None else []
         wrote += [f"the animation {animation}"] if animation else []
         cut = ""
         if recording.truncated:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -111,6 +112,16 @@ def save_png(frame: Frame, path: str | os.PathLike, *, palette: str = "seed", gu
     return path
 
 
+def drop_stale_frames(folder: Path, written: int, digits: int = 6) -> int:
+    """Delete folder/frame_N.png for N >= `written`: an earlier, longer run into the same folder
+    left them, and they would pass for this run's last frames. Returns how many went."""
+    stale = [path for path in folder.glob("frame_*.png")
+             if (number := re.fullmatch(rf"frame_(\d{{{digits}}})\.png", path.name)) and int(number[1]) >= written]
+    for path in stale:
+        path.unlink()
+    return len(stale)
+
+
 def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, count: int | None = None,
                     duration: float | None = None, palette: str = "seed", gif: bool = True,
                     guide: bool = False, text: bool = True, gif_frames: int = 1000,
@@ -143,9 +154,11 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
         stats = sub.stats
         sub.close()
     animation = write_animation(kept, out / "animation.gif", palette=palette, text=text) if gif and kept else None
+    stale = drop_stale_frames(out, len(pngs))
     if not quiet:
         source = ", ".join([endpoints] if isinstance(endpoints, str) else endpoints)
         notes = [f"joined at frame {first.seq} of its stream"] if first is not None and first.seq else []
+        notes += [f"deleted {stale} frame PNGs an earlier, longer recording left there"] if stale else []
         notes += [f"{stats['gaps']} frames dropped upstream"] if stats["gaps"] else []
         where = (f" and {animation}" if animation else "") + (f" ({'; '.join(notes)})" if notes else "")
         if pngs:
