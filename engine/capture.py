@@ -307,6 +307,8 @@ class Engine:
         if self.row >= source.shape[0]:
             raise ValueError(f"row={self.row} but the batch has {source.shape[0]} rows")
         q_len = source.shape[1]
+        if q_len == 0:  # (transformers before 5.2x: generate over a DynamicCache after reset())
+            raise ValueError("forward called with no new positions (an empty input_ids): nothing to capture")
         cache = kwargs.get("past_key_values", kwargs.get("cache"))  # renamed in transformers 5.2x
         self._step, self._position = self._place(cache, q_len)
         self._uncached_length = q_len if cache is None else None
