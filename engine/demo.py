@@ -85,7 +85,7 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>")
+                                   eos_token="</s>", model_input_names=["input_ids", "attention_mask"])
 
 
 def _byte_to_char() -> dict[int, str]:

@@ -144,7 +144,8 @@ def run(args, publisher) -> int:
     model, tokenizer = load(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
                             attn=args.attn, say=say)
     device = module_device(model)  # not model.device: with device_map offload that may be "meta"
-    inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
+    # (token type ids mean nothing to a causal LM, and transformers 4.x's generate refuses them)
+    inputs = tokenizer(args.prompt, return_tensors="pt", return_token_type_ids=False).to(device)
     prompt_length = inputs["input_ids"].shape[1]
     if prompt_length == 0:
         raise UserError("the prompt is empty after tokenization")
