@@ -562,9 +562,10 @@ def test_positions_follow_the_cache_when_it_is_cropped_reset_or_one_of_two():
                     else:  # before, reset() zeroes the tensors and keeps their length, and
                         # generate runs a forward with no new positions: a clear error (ours in
                         # 5.1x; 4.x's generate fails on its own first)
+                        before = len(seen)  # (not len(frames): they arrive on another thread)
                         with pytest.raises((ValueError, IndexError), match="no new positions|index -1"):
                             greedy(model, ids[:, :4], 3, past_key_values=cache)
-                        del seen[len(frames):]
+                        del seen[before:]
                 else:
                     greedy(model, ids, 3, guidance_scale=1.5)
             assert [f.position for f in frames] == seen, name
