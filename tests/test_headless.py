@@ -144,6 +144,8 @@ def test_a_shorter_run_into_the_same_folder_leaves_only_its_own_frames(tmp_path,
     assert sorted(p.name for p in out.iterdir()) == ["animation.gif", "frame_000000.png", "frame_000001.png",
                                                      "frame_000009.txt", "frame_12.png"]
     assert "deleted 3 frame PNGs an earlier, longer recording left there" in capsys.readouterr().err
+    record_headless("tcp://127.0.0.1:1", out, duration=0.2)  # nothing arrives: nothing goes
+    assert len(list(out.glob("frame_0*.png"))) == 2
 
     path = tmp_path / "run.nfrec"  # export: the same, after an export of a longer recording
     with RecordingWriter(path) as writer:

@@ -154,7 +154,7 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
         stats = sub.stats
         sub.close()
     animation = write_animation(kept, out / "animation.gif", palette=palette, text=text) if gif and kept else None
-    stale = drop_stale_frames(out, len(pngs))
+    stale = drop_stale_frames(out, len(pngs)) if pngs else 0  # nothing came: the folder stays as it was
     if not quiet:
         source = ", ".join([endpoints] if isinstance(endpoints, str) else endpoints)
         notes = [f"joined at frame {first.seq} of its stream"] if first is not None and first.seq else []
