@@ -77,7 +77,7 @@ def test_kill_ends_a_headless_view_as_ctrl_c_does(tmp_path):
     with Publisher(endpoint, republish_s=None) as pub:
         process = subprocess.Popen([*CLI, "view", "--headless", "--connect", endpoint, "--out", str(out)],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for frame in frames(200):
+        for frame in frames(3000):  # up to a minute for a loaded machine to start the viewer
             pub.publish(frame)
             time.sleep(0.02)
             if len(list(out.glob("frame_*.png"))) >= 3:

@@ -270,7 +270,7 @@ def test_window_shows_frames_guide_and_reacts_to_keys(window, tmp_path):
 
     # Record three frames to a GIF.
     window.key("r")
-    time.sleep(0.1)
+    wait_for(lambda: "recording (gif" in window.output(), 5, "the recording to start")
     recorded = [make_frame(k, s) for k in (7, 8, 9)]
     for frame in recorded:
         window.publish(frame)
