@@ -211,8 +211,10 @@ def generate(model, tokenizer, cfg: DemoConfig, sinks, reference, *, publish: st
 
     started = time.monotonic()
     streamer = _PacedStreamer(tokenizer, pace, hurry or threading.Event())
+    # 64 ring slots (64 small frames): a delivery thread starved of the GIL for a few tokens on a
+    # busy machine catches up instead of dropping frames from the demo's recording
     with Engine(model, width=cfg.width, norm="reference", reference=reference, tokenizer=tokenizer,
-                on_frame=deliver, publish=publish, label="neuralflow demo") as engine:
+                on_frame=deliver, publish=publish, label="neuralflow demo", slots=64) as engine:
         if engine.publisher is not None and wait_viewer > 0:
             print(f"neuralflow demo: waiting up to {wait_viewer:g} s for a viewer on {engine.publisher.endpoint}",
                   file=sys.stderr, flush=True)

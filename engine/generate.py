@@ -159,9 +159,11 @@ def run(args, publisher) -> int:
         if norm == "prompt":  # one forward of the prompt first, for the picture's fixed scale
             norm, reference = "reference", typical_scale(model, inputs["input_ids"])
             say("picture scale from the prompt: per layer, lo 0, hi the 99th percentile of |x|")
+        # 64 ring slots (8 MiB of 7B frames): a delivery thread starved of the GIL for a few
+        # tokens catches up instead of dropping their frames
         engine = Engine(model, width=width, layout=args.layout, norm=norm, reference=reference,
                         tokenizer=tokenizer, on_frame=publisher.publish if publisher else None,
-                        label=Path(args.model).name)
+                        label=Path(args.model).name, slots=64)
     except (UnsupportedModel, ValueError) as err:  # an unknown architecture, a width too narrow
         raise UserError(str(err)) from None
     if fused_by_default(device):

@@ -48,7 +48,10 @@ def test_every_frame_arrives_in_order_and_byte_identical(transport, tmp_path):
     endpoint = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{tmp_path}/frames.sock"
     new = 20
     rendered = []
-    with Engine(model, width=128, publish=endpoint, on_frame=rendered.append, strict=True) as engine:
+    # a ring slot per frame: a loaded machine that starves the delivery thread of the GIL for a
+    # few tokens would otherwise drop frames, as it should when generation must not wait
+    with Engine(model, width=128, publish=endpoint, on_frame=rendered.append, slots=new + 1,
+                strict=True) as engine:
         proc = start_subscriber(engine.publisher.endpoint, tmp_path / "got.nfrec", new)
         assert engine.publisher.wait_for_subscribers(1, timeout=10)
         greedy(model, ids, new)
@@ -100,8 +103,8 @@ def test_wait_holds_the_start_until_a_viewer_has_subscribed(tmp_path, caplog):
     endpoint = f"ipc://{tmp_path}/frames.sock"
     proc = start_subscriber(endpoint, tmp_path / "got.nfrec", 8)  # connects before the bind
     try:
-        with Engine(model, width=128, publish=endpoint, wait=30, strict=True):
-            greedy(model, ids, 8)
+        with Engine(model, width=128, publish=endpoint, wait=30, slots=9, strict=True):
+            greedy(model, ids, 8)  # (a ring slot per frame, as above)
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
