@@ -86,13 +86,16 @@ class Engine:
     endpoint to stream frames to; wait: seconds attach waits for a viewer to subscribe there
     (returning as soon as one has), so the first frames do not go out to no one.
     tokenizer: decodes token ids into meta["token"].
-    slots: pinned ring size (>= 3). strict: raise capture errors instead of disabling capture.
+    slots: pinned ring size (>= 3): how many frames may wait for the delivery thread before new
+    ones are dropped (16 Mistral-7B frames are 2 MiB; a small CPU model makes one a millisecond,
+    and the delivery thread may wait longer than that for the GIL).
+    strict: raise capture errors instead of disabling capture.
     """
 
     def __init__(self, model: torch.nn.Module, *, row: int = 0, width: int = 512,
                  layout: str = "bands", norm: str = "seed", reference=None, on_frame=None,
                  publish: str | None = None, wait: float = 0.0, tokenizer=None, label: str = "",
-                 rank: int = 0, slots: int = 4, strict: bool = False):
+                 rank: int = 0, slots: int = 16, strict: bool = False):
         check_options(width, layout, norm)
         if slots < 3:
             raise ValueError(f"slots must be at least 3, got {slots}")

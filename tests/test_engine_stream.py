@@ -71,15 +71,12 @@ def test_paused_or_dead_subscriber_never_blocks_generation(trouble, tmp_path):
     model, ids = model_and_prompt()
     new = 60
     greedy(model, ids, 2)  # warm up
-    plain = []
-    for _ in range(2):
-        started = time.perf_counter()
-        greedy(model, ids, new)
-        plain.append(time.perf_counter() - started)
     with Engine(model, width=128, publish="tcp://127.0.0.1:*") as engine:
         proc = start_subscriber(engine.publisher.endpoint, tmp_path / "got.nfrec", 10**6)
         assert engine.publisher.wait_for_subscribers(1, timeout=10)
-        greedy(model, ids, 5)
+        started = time.perf_counter()
+        greedy(model, ids, new)  # watched by a live subscriber
+        live = time.perf_counter() - started
         os.kill(proc.pid, getattr(signal, trouble))
         started = time.perf_counter()
         greedy(model, ids, new)
@@ -87,13 +84,14 @@ def test_paused_or_dead_subscriber_never_blocks_generation(trouble, tmp_path):
     proc.kill()
     proc.wait()
     stats = engine.stats
-    assert stats["captured"] == new + 5
+    assert stats["captured"] == 2 * new
     assert stats["delivered"] + stats["dropped"] == stats["captured"]
     publisher = stats["publisher"]
     assert publisher["published"] + publisher["socket_drops"] == stats["delivered"]
-    # within noise of no subscriber (generous: this machine is shared and small; a send that
-    # waited for the stopped subscriber would never return)
-    assert troubled < max(plain) * 2 + 2.0
+    # within noise of the same generate watched by a live subscriber (generous: this machine is
+    # shared and small, and its threads contend for the GIL alike in both); a send that waited
+    # for the stopped subscriber would never return
+    assert troubled < live * 2 + 2.0, (troubled, live)
 
 
 def test_wait_holds_the_start_until_a_viewer_has_subscribed(tmp_path, caplog):
