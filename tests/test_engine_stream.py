@@ -101,8 +101,8 @@ def test_wait_holds_the_start_until_a_viewer_has_subscribed(tmp_path, caplog):
     endpoint = f"ipc://{tmp_path}/frames.sock"
     proc = start_subscriber(endpoint, tmp_path / "got.nfrec", 8)  # connects before the bind
     try:
-        with Engine(model, width=128, publish=endpoint, wait=30, slots=9, strict=True):
-            greedy(model, ids, 8)  # (a ring slot per frame, as above)
+        with Engine(model, width=128, publish=endpoint, wait=30, strict=True):
+            greedy(model, ids, 8)  # (the default ring has a slot per frame)
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()

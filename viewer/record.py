@@ -114,7 +114,10 @@ def save_png(frame: Frame, path: str | os.PathLike, *, palette: str = "seed", gu
 
 def drop_stale_frames(folder: Path, written: int, digits: int = 6) -> int:
     """Delete folder/frame_N.png for N >= `written`: an earlier, longer run into the same folder
-    left them, and they would pass for this run's last frames. Returns how many went."""
+    left them, and they would pass for this run's last frames. A run that wrote nothing leaves
+    the folder as it was. Returns how many went."""
+    if not written:
+        return 0
     stale = [path for path in folder.glob("frame_*.png")
              if (number := re.fullmatch(rf"frame_(\d{{{digits}}})\.png", path.name)) and int(number[1]) >= written]
     for path in stale:
@@ -154,7 +157,7 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
         stats = sub.stats
         sub.close()
     animation = write_animation(kept, out / "animation.gif", palette=palette, text=text) if gif and kept else None
-    stale = drop_stale_frames(out, len(pngs)) if pngs else 0  # nothing came: the folder stays as it was
+    stale = drop_stale_frames(out, len(pngs))
     if not quiet:
         source = ", ".join([endpoints] if isinstance(endpoints, str) else endpoints)
         notes = [f"joined at frame {first.seq} of its stream"] if first is not None and first.seq else []
