@@ -331,7 +331,7 @@ def _run(args, cfg: DemoConfig, out: Path, window: bool, say, started: float) ->
 
     if not window:
         pngs = [save_png(f, out / f"frame_{i:04d}.png", zoom=cfg.zoom) for i, f in enumerate(frames)]
-        if stale := drop_stale_frames(out, len(pngs), digits=4):
+        if stale := drop_stale_frames(pngs):
             say(f"deleted {stale} frame PNGs an earlier, longer demo left in {out}/")
         gif = write_animation(frames, out / "demo.gif", zoom=cfg.zoom, text=True)
         sheet = contact_sheet(frames[:24], out / "sheet.png")

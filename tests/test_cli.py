@@ -462,11 +462,17 @@ def test_truncated_recording_replays_up_to_the_cut(tmp_path):
         f.truncate(os.path.getsize(path) - 100)
     result = run(["export", str(path), "--gif", str(tmp_path / "cut.gif")])
     assert result.returncode == 0, result.stderr
-    assert "cut off after frame 9" in result.stderr
+    assert "9 frames" in result.stderr and "cut off after its last whole frame" in result.stderr
     assert gif_frames(tmp_path / "cut.gif") == 9
     result = run(["view", "--replay", str(path), "--headless", "--out", str(tmp_path / "replay")])
     assert result.returncode == 0 and "cut off" in result.stderr
     assert len(list((tmp_path / "replay").glob("frame_*.png"))) == 9
+    result = run(["view", "--replay", str(path), "--headless", "--count", "4", "--fps", "2", "--out",
+                  str(tmp_path / "first4")])
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "first4").glob("frame_*.png"))) == 4
+    with Image.open(tmp_path / "first4" / "replay.gif") as gif:
+        assert gif.n_frames == 4 and gif.info["duration"] == 500
 
     source = ReplaySource(open_recording(path), fps=1000)
     got = []
@@ -521,21 +527,44 @@ def test_export_zooms_tall_frames_no_taller_than_a_gif_holds(tmp_path):
         assert gif.size[0] == 16  # zoom 1: 16 x 8192 already
 
 
-def test_damaged_first_record_and_bad_numbers_are_one_line(tmp_path):
+def test_damaged_records_and_bad_numbers_are_one_line(tmp_path):
     path = tmp_path / "damaged.nfrec"
     with RecordingWriter(path) as writer:
         for frame in frames(3):
             writer.write(frame)
-    first = Recording(path).offsets[0]
-    data = bytearray(path.read_bytes())
-    data[first[0] + first[1] - 5] ^= 0xFF
-    path.write_bytes(bytes(data))
-    user_error(run(["export", str(path), "--gif", str(tmp_path / "x.gif")]), "no whole frame")
-    user_error(run(["export", str(path), "--png-dir", str(tmp_path / "p")]), "no whole frame")
+
+    def damage(index):
+        offset, length, _ = Recording(path).offsets[index]
+        data = bytearray(path.read_bytes())
+        data[offset + length - 5] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+    damage(0)  # the first record: the other two export, and the summary says one was skipped
+    result = run(["export", str(path), "--gif", str(tmp_path / "x.gif")])
+    assert result.returncode == 0 and "2 frames" in result.stderr
+    assert "skipped 1 damaged record" in result.stderr and gif_frames(tmp_path / "x.gif") == 2
+    damage(1)
+    damage(2)
+    user_error(run(["export", str(path), "--gif", str(tmp_path / "x.gif")]), "no readable frame")
+    user_error(run(["export", str(path), "--png-dir", str(tmp_path / "p")]), "no readable frame")
     for flags in (["export", str(path), "--gif", str(tmp_path / "x.gif"), "--fps", "nan"],
                   ["record", "--out", str(tmp_path / "r.nfrec"), "--duration", "nan"],
                   ["view", "--replay", str(path), "--headless", "--fps", "inf"]):
         user_error(run(flags), "positive number")
+
+
+def test_flags_that_cannot_apply_are_one_line(tmp_path):
+    path = tmp_path / "run.nfrec"
+    with RecordingWriter(path) as writer:
+        writer.write(Frame(pixels=np.zeros((4, 64), np.uint8), layers=4, hidden=64))
+    user_error(run(["export", str(path), "--gif", str(tmp_path / "x.gif"), "--zoom", "1100"]),
+               "at most 65535 a side (zoom 1023 or less)")
+    user_error(run(["view", "--replay", str(path), "--headless", "--duration", "1"]), "--duration stops a live view")
+    user_error(run(["view", "--connect", "tcp://127.0.0.1:1", "--count", "3"]), "stop a --headless view")
+    user_error(run(["demo", "--train", "--seed", "-1"]), "0 to 2**32 - 1")
+    assert run(["export", str(path), "--gif", str(tmp_path / "slow.gif"), "--fps", "1e-300"]).returncode == 0
+    with Image.open(tmp_path / "slow.gif") as gif:
+        assert gif.info["duration"] == 655350  # GIF's longest delay, not a crash
 
 
 def test_endpoints_default_to_loopback():
@@ -588,3 +617,12 @@ def test_replay_in_the_window(tmp_path):
     finally:
         xvfb.terminate()
         xvfb.wait(10)
+
+
+@pytest.mark.parametrize("temperature", ["-1", "nan"])
+def test_a_temperature_that_is_no_temperature_is_refused(tmp_path, temperature):
+    # the parser takes any float; these once ran greedy without a word. Refused before the
+    # weights load, so a folder with a config.json is enough
+    (tmp_path / "config.json").write_text("{}")
+    user_error(run(["generate", "--model", str(tmp_path), "--prompt", "x", "--no-publish",
+                    "--temperature", temperature]), "--temperature")

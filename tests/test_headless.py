@@ -160,6 +160,37 @@ def test_a_shorter_run_into_the_same_folder_leaves_only_its_own_frames(tmp_path,
     assert "wrote 1 PNGs in" in (err := capsys.readouterr().err) and "deleted 3 frame PNGs" in err
 
 
+def test_rejected_messages_are_reported_not_taken_for_silence(tmp_path, capsys):
+    """A publisher of another wire version: every message is rejected. The summary says so and
+    why, instead of asking whether anything publishes there."""
+    import zmq
+
+    from test_wire import forged
+
+    context = zmq.Context()
+    socket = context.socket(zmq.PUB)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.bind("tcp://127.0.0.1:*")
+    endpoint, done = socket.getsockopt_string(zmq.LAST_ENDPOINT), threading.Event()
+
+    def send():
+        while not done.wait(0.01):
+            socket.send_multipart(forged(version=99))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        result = record_headless(endpoint, tmp_path / "out", duration=1.0)
+    finally:
+        done.set()
+        sender.join()
+        socket.close()
+        context.term()
+    err = capsys.readouterr().err
+    assert result["frames"] == 0 and result["stats"]["rejected"] > 0
+    assert "nothing written (rejected" in err and "unsupported wire version 99" in err
+
+
 def test_viewer_runs_with_torch_unimportable(tmp_path):
     script = textwrap.dedent(f"""
         import sys, threading

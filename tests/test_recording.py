@@ -60,17 +60,62 @@ def test_cut_anywhere_replays_up_to_the_cut(tmp_path):
             same(a, b)
 
 
-def test_damaged_record_stops_replay_there(tmp_path):
+def damage(path, record, delta):
+    """Flip one byte of `record`: delta < 0 in its header (-12 is the magic), else its payload."""
+    offset = Recording(path).offsets[record][0] + delta
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("where, delta", [("payload", 40), ("magic", -12), ("length", -8),
+                                          ("checksum", -4)])
+def test_damage_costs_only_the_record_it_hit(tmp_path, where, delta):
+    """One flipped byte anywhere in record 2 of 6: the other five replay, and appending keeps
+    all of them (it used to cut the file at a damaged header, losing every record after it)."""
+    path = tmp_path / "run.nfrec"
+    written = frames(6) + frames(3)
+    append(path, written[:6])
+    damage(path, 2, delta)
+    size = path.stat().st_size
+    recording = Recording(path)
+    assert [f.step for f in recording] == [0, 1, 3, 4, 5] and recording.damaged == 1
+    assert not recording.truncated
+    append(path, written[6:])
+    assert path.stat().st_size > size  # nothing already there was cut
+    got = list(Recording(path))
+    for a, b in zip(got, written[:2] + written[3:]):
+        same(a, b)
+    assert len(got) == 8
+
+
+def test_damaged_last_record_is_skipped_and_kept(tmp_path):
     path = tmp_path / "run.nfrec"
     append(path, frames(3))
     data = bytearray(path.read_bytes())
     data[-50] ^= 0xFF  # flip bits inside the last record's pixels
     path.write_bytes(bytes(data))
     recording = Recording(path)
-    assert len(list(recording)) == 2 and recording.truncated
-    append(path, frames(2))  # appending drops the damaged record first: the new ones stay readable
+    assert [f.step for f in recording] == [0, 1] and recording.damaged == 1
+    with pytest.raises(ValueError, match="record 2 .* damaged"):
+        recording[2]
+    append(path, frames(2))
     recording = Recording(path)
     assert [f.step for f in recording] == [0, 1, 0, 1] and not recording.truncated
+
+
+def test_joined_recordings_replay_whole(tmp_path):
+    """`cat a.nfrec b.nfrec > c.nfrec`: b's file header sits where a record should be."""
+    a, b = frames(3), frames(4)
+    append(tmp_path / "a.nfrec", a)
+    append(tmp_path / "b.nfrec", b)
+    joined = tmp_path / "c.nfrec"
+    joined.write_bytes((tmp_path / "a.nfrec").read_bytes() + (tmp_path / "b.nfrec").read_bytes())
+    recording = Recording(joined)
+    got = list(recording)
+    assert len(got) == 7 and recording.damaged == 0 and not recording.truncated
+    for x, y in zip(got, a + b):
+        same(x, y)
 
 
 def test_not_a_recording(tmp_path):
@@ -90,8 +135,12 @@ def test_appending_after_a_cut_keeps_everything_readable(tmp_path):
     path = tmp_path / "run.nfrec"
     written = frames(8)
     append(path, written[:3])
+    whole = path.stat().st_size
     path.write_bytes(path.read_bytes()[:-10])  # a crash in the middle of the third record
-    append(path, written[3:])
+    with RecordingWriter(path) as writer:
+        assert writer.cut_bytes == whole - 10 - Recording(path).end > 0  # the partial record, said
+        for frame in written[3:]:
+            writer.write(frame)
     recording = Recording(path)
     assert not recording.truncated
     got = list(recording)

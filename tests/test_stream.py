@@ -369,6 +369,30 @@ def test_binding_all_interfaces_warns(endpoint):
     pub.close()
 
 
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def test_ipv6_address_endpoints():
+    """ZeroMQ takes IPv6 addresses only with its IPV6 option on; without it, binding [::1]
+    failed ("No such device") and a subscriber to one heard nothing, silently."""
+    if not has_ipv6_loopback():  # a machine with no IPv6: still one error naming the endpoint
+        with pytest.raises(PublishError, match=r"cannot publish on tcp://\[::1\]"):
+            Publisher("tcp://[::1]:*")
+        return
+    with Publisher("tcp://[::1]:*") as pub, Subscriber(["tcp://127.0.0.1:1", pub.endpoint]) as sub:
+        assert pub.endpoint.startswith("tcp://[::1]:")
+        wait_joined(pub)
+        assert pub.publish(small_frame(7, 0, 9))
+        frame = sub.recv(timeout=5)
+        assert frame is not None and int(frame.pixels[0, 0]) == 9
+
+
 def test_loopback_does_not_warn_and_close_is_idempotent():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -179,17 +179,21 @@ def cmd_generate(args) -> int:
 
 
 def cmd_view(args) -> int:
+    if not args.headless and (args.count is not None or args.duration is not None):
+        raise UserError("--count and --duration stop a --headless view; a window runs until you close it")
     if args.replay:
-        from .playback import ReplaySource, export, open_recording
+        from .playback import ReplaySource, damage_note, export, open_recording
 
+        if args.duration is not None:
+            raise UserError("--duration stops a live view; a replay ends with its recording (--count N: its first N frames)")
         recording = open_recording(args.replay)
-        if recording.truncated:
-            print(f"neuralflow view: {args.replay} is cut off; replaying its {len(recording)} whole frames",
-                  file=sys.stderr)
         if args.headless:
             out = Path(args.out or "neuralflow-replay")
-            export(args.replay, gif=out / "replay.gif", png_dir=out, palette=args.palette, fps=args.fps or 15.0)
+            export(args.replay, gif=out / "replay.gif", png_dir=out, palette=args.palette, fps=args.fps or 15.0,
+                   count=args.count)
             return 0
+        if note := damage_note(recording):
+            print(f"neuralflow view: {args.replay}{note}", file=sys.stderr)
         _check_display()
         _open_window(ReplaySource(recording, fps=args.fps, loop=args.loop), args, f"(replay of {args.replay})")
         return 0
@@ -202,7 +206,7 @@ def cmd_view(args) -> int:
                   file=sys.stderr)
         with _kill_as_ctrl_c():
             record_headless(endpoints, args.out or "neuralflow-frames", count=args.count,
-                            duration=args.duration, palette=args.palette)
+                            duration=args.duration, palette=args.palette, fps=args.fps or 15.0)
         return 0
     _check_display()
     from .stream import Subscriber
@@ -262,6 +266,16 @@ def _positive(kind):
     return parse
 
 
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**32:  # numpy's range, and the Trainer seeds numpy
+        raise argparse.ArgumentTypeError(f"must be 0 to 2**32 - 1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="neuralflow", description="Watch a language model think: one picture per forward "
                      "pass of every decoder layer, streamed to a viewer.",
@@ -278,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive(int), help="training steps (default 240; with --train 120)")
     p.add_argument("--tokens", type=_positive(int), help="tokens to generate (default 160)")
     p.add_argument("--prompt", help="start of the text to continue (default 'Alice was ')")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, help="random seed, 0 to 2**32 - 1 (default 0)")
     p.add_argument("--out", help="folder for PNGs, GIF and recording (default ./neuralflow-demo; "
                    "with --train ./neuralflow-train)")
     p.add_argument("--headless", action="store_true", help="no window even if there is a display")
@@ -323,8 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true", help="no window: write PNGs and a GIF to --out")
     p.add_argument("--out", metavar="DIR", help="where PNGs/recordings go (window default: ., headless: "
                    "./neuralflow-frames or ./neuralflow-replay)")
-    p.add_argument("--count", type=_positive(int), help="headless: stop after N frames")
-    p.add_argument("--duration", type=_positive(float), help="headless: stop after S seconds")
+    p.add_argument("--count", type=_positive(int), help="headless: stop after N frames (a replay: its first N)")
+    p.add_argument("--duration", type=_positive(float), help="headless, live: stop after S seconds")
     p.add_argument("--fps", type=_positive(float), help="replay speed (default: as recorded) and GIF frame rate")
     p.add_argument("--palette", **palette)
     p.add_argument("--history", type=_positive(int), default=512, help="frames kept for scrubbing")

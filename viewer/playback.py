@@ -10,17 +10,19 @@
   handing out a recording's frames in order at the recorded pace (or a fixed fps), so the
   live window can play it back unchanged.
 - `export(recording, gif=..., png_dir=...)`: the recording's frames as an animation and/or PNGs.
-A recording cut off mid-write replays and exports up to the cut; both say so.
+A recording cut off mid-write replays and exports up to the cut, and records that damage hit
+are skipped; both say so.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from pathlib import Path
 
 from .recording import Recording, RecordingError, RecordingWriter
-from .record import drop_stale_frames, save_png, write_animation
+from .record import drop_stale_frames, rejected_note, save_png, write_animation
 
 
 def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int | None = None,
@@ -41,6 +43,9 @@ def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int |
             print(line, end=end, file=sys.stderr, flush=True)
 
     writer = RecordingWriter(path)  # RecordingError if `path` exists and is not a recording
+    if writer.cut_bytes:
+        say(f"neuralflow record: {path} ended in a cut-off record ({writer.cut_bytes} bytes, an "
+            f"earlier recorder stopped mid-write); removed it, appending after the last whole frame")
     start = last_report = time.monotonic()
     sub = Subscriber(endpoints, latest_only=False, hwm=0)
     where = ", ".join([endpoints] if isinstance(endpoints, str) else endpoints)
@@ -66,8 +71,17 @@ def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int |
         writer.close()
     if tty:
         say("")
-    say(f"neuralflow record: wrote {writer.frames} frames to {path} ({stats['gaps']} dropped upstream)")
+    rejected = rejected_note(stats, sub.last_error)
+    say(f"neuralflow record: wrote {writer.frames} frames to {path} ({stats['gaps']} dropped upstream"
+        f"{'; ' + rejected if rejected else ''})")
     return {"path": Path(path), "frames": writer.frames, "stats": stats}
+
+
+def damage_note(recording: Recording) -> str:
+    """What a reader of `recording` missed, as a parenthesis for a summary line ("" if nothing)."""
+    notes = [f"skipped {recording.damaged} damaged record(s)"] if recording.damaged else []
+    notes += ["the file is cut off after its last whole frame"] if recording.truncated else []
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def open_recording(path: str | Path) -> Recording:
@@ -86,7 +100,7 @@ class ReplaySource:
 
     Gaps in the recorded capture times are capped at `max_gap_s`. `state` is "replay" while
     frames remain and "end" after the last (recv then returns None at once); `loop=True`
-    starts over instead. A damaged record ends the replay there.
+    starts over instead. A damaged record is skipped (counted in stats["rejected"]).
     """
 
     replaying = True  # capture times are from the past: the window shows no lag
@@ -133,15 +147,15 @@ class ReplaySource:
         return frame
 
     def _next_frame(self):
-        try:
-            frame = self.recording[self.index]
-        except ValueError:  # a damaged record (checksum): the recording ends here
-            self.recording.offsets = self.recording.offsets[:self.index]
-            self.recording.truncated = True
-            self.stats["rejected"] += 1
-            return None
-        self.index += 1
-        return frame
+        """The next readable frame, or None past the end (damaged records are skipped)."""
+        while self.index < len(self.recording):
+            self.index += 1
+            try:
+                return self.recording[self.index - 1]
+            except ValueError:  # damage hit this record (its checksum fails)
+                self.recording.damaged += 1
+                self.stats["rejected"] += 1
+        return None
 
     def _gap(self, frame) -> float:
         """Seconds between the previous frame and `frame`: 1/fps, or the recorded gap, capped."""
@@ -160,25 +174,33 @@ class ReplaySource:
         pass
 
 
+MAX_SIDE = 65535  # pixels: the most a GIF holds a side
+
+
 def export(path: str | Path, *, gif: str | Path | None = None, png_dir: str | Path | None = None,
            palette: str = "seed", fps: float = 15.0, zoom: int | None = None, guide: bool = False,
-           caption: bool = True, quiet: bool = False) -> dict:
-    """Write a recording's frames as an animation (GIF, or APNG for .png/.apng) and/or one PNG
-    each (png_dir/frame_NNNNNN.png). zoom None: the smallest that makes the picture at least
-    256 px wide (and its caption readable). Returns {"frames", "gif", "pngs", "truncated"}."""
+           caption: bool = True, count: int | None = None, quiet: bool = False) -> dict:
+    """Write a recording's frames (the first `count`, or all) as an animation (GIF, or APNG for
+    .png/.apng) and/or one PNG each (png_dir/frame_NNNNNN.png). zoom None: the smallest that
+    makes the picture at least 256 px wide (and its caption readable). Returns {"frames", "gif",
+    "pngs", "truncated", "damaged"}."""
     recording = open_recording(path)
-    frames = list(recording)  # stops at a damaged record, marking the recording truncated
+    frames = list(itertools.islice(recording, count))  # skips damaged records, counting them
     if not frames:
-        raise RecordingError(f"{path} holds no whole frame (its first record is damaged)")
-    if zoom is None:  # at most 4096 px tall: GIF holds 65535 a side
-        zoom = max(1, min(-(-256 // max(f.width for f in frames)), 4096 // max(f.height for f in frames)))
+        raise RecordingError(f"{path} holds no readable frame (damage hit all {len(recording)} records)")
+    tallest, widest = max(f.height for f in frames), max(f.width for f in frames)
+    if zoom is None:  # at most 4096 px tall
+        zoom = max(1, min(-(-256 // widest), 4096 // tallest))
+    elif zoom * max(tallest, widest) > MAX_SIDE:
+        raise RecordingError(f"zoom {zoom} makes {widest} x {tallest} pictures {zoom * widest} x "
+                             f"{zoom * tallest} px; at most {MAX_SIDE} a side (zoom {MAX_SIDE // max(tallest, widest)} or less)")
     pngs, stale = [], 0
     if png_dir is not None:
         folder = Path(png_dir)
         folder.mkdir(parents=True, exist_ok=True)
         pngs = [save_png(f, folder / f"frame_{i:06d}.png", palette=palette, guide=guide, zoom=zoom)
                 for i, f in enumerate(frames)]
-        stale = drop_stale_frames(folder, len(pngs))
+        stale = drop_stale_frames(pngs)
     animation = None
     if gif is not None:
         animation = write_animation(frames, gif, palette=palette, fps=fps, zoom=zoom, text=caption)
@@ -186,9 +208,7 @@ def export(path: str | Path, *, gif: str | Path | None = None, png_dir: str | Pa
         deleted = f" (deleted {stale} frame PNGs an earlier, longer export left there)" if stale else ""
         wrote = [f"{len(pngs)} PNGs in {png_dir}{deleted}"] if png_dir is not None else []
         wrote += [f"the animation {animation}"] if animation else []
-        cut = ""
-        if recording.truncated:
-            cut = f" (the recording is cut off after frame {len(frames)}; exported up to the cut)"
-        print(f"neuralflow: {len(frames)} frames from {path}: wrote {' and '.join(wrote)}{cut}",
-              file=sys.stderr, flush=True)
-    return {"frames": len(frames), "gif": animation, "pngs": pngs, "truncated": recording.truncated}
+        print(f"neuralflow: {len(frames)} frames from {path}: wrote {' and '.join(wrote)}"
+              f"{damage_note(recording)}", file=sys.stderr, flush=True)
+    return {"frames": len(frames), "gif": animation, "pngs": pngs, "truncated": recording.truncated,
+            "damaged": recording.damaged}

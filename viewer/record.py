@@ -16,6 +16,8 @@ Note: Pillow merges identical consecutive frames of an animation into one longer
 from __future__ import annotations
 
 import collections
+import glob
+import math
 import os
 import re
 import sys
@@ -93,10 +95,12 @@ def write_animation(frames: Iterable[Frame | np.ndarray], path: str | os.PathLik
     if suffix not in (".gif", ".png", ".apng"):
         raise ValueError(f"animation must be .gif, .png or .apng, not {path.name}")
     images = animation_frames(frames, palette=palette, zoom=zoom, text=text)
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps}")
     if suffix == ".gif":  # in 1/100 s, at most 65535; players slow anything under 2/100 s to 1/10 s
-        delay = 10 * min(max(round(100.0 / fps), 2), 65535)
+        delay = 10 * round(min(max(100.0 / fps, 2), 65535))
     else:  # ms, at most 65535
-        delay = min(max(round(1000.0 / fps), 1), 65535)
+        delay = round(min(max(1000.0 / fps, 1), 65535))
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, format="GIF" if suffix == ".gif" else "PNG", save_all=True,
                    append_images=images[1:], duration=delay, loop=loop)
@@ -112,25 +116,35 @@ def save_png(frame: Frame, path: str | os.PathLike, *, palette: str = "seed", gu
     return path
 
 
-def drop_stale_frames(folder: Path, written: int, digits: int = 6) -> int:
-    """Delete folder/frame_N.png for N >= `written`: an earlier, longer run into the same folder
-    left them, and they would pass for this run's last frames. A run that wrote nothing leaves
-    the folder as it was. Returns how many went."""
+def drop_stale_frames(written: list[Path], stem: str = "frame") -> int:
+    """Delete the <stem>_N.png beside `written`, numbered as wide as this run numbers them, that
+    this run did not write: an earlier, longer run into the same folder left them, and they
+    would pass for this run's frames. A run that wrote nothing leaves the folder as it was.
+    Returns how many went."""
     if not written:
         return 0
-    stale = [path for path in folder.glob("frame_*.png")
-             if (number := re.fullmatch(rf"frame_(\d{{{digits}}})\.png", path.name)) and int(number[1]) >= written]
+    keep = {path.name for path in written}
+    digits = len(written[0].name) - len(stem) - len("_.png")  # zero-padded to this many at least
+    pattern = re.compile(rf"{re.escape(stem)}_\d{{{digits},}}\.png")
+    stale = [path for path in written[0].parent.glob(f"{glob.escape(stem)}_*.png")
+             if pattern.fullmatch(path.name) and path.name not in keep]
     for path in stale:
         path.unlink()
     return len(stale)
 
 
+def rejected_note(stats: dict, last_error: str | None) -> str:
+    """A subscriber's rejected messages and the last reason (a publisher of another wire
+    version, say), for a summary line; "" if none."""
+    return f"rejected {stats['rejected']} messages: {last_error}" if stats["rejected"] else ""
+
+
 def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, count: int | None = None,
                     duration: float | None = None, palette: str = "seed", gif: bool = True,
-                    guide: bool = False, text: bool = True, gif_frames: int = 1000,
+                    guide: bool = False, text: bool = True, gif_frames: int = 1000, fps: float = 15.0,
                     quiet: bool = False) -> dict:
     """Subscribe to `endpoints` and write each frame as out_dir/frame_NNNNNN.png, then
-    out_dir/animation.gif (the last `gif_frames` frames, captioned when `text`).
+    out_dir/animation.gif (the last `gif_frames` frames at `fps`, captioned when `text`).
 
     Stops after `count` frames, after `duration` seconds, or on Ctrl-C (at least one of count
     and duration is wise on a server). Needs no display. Returns {"dir", "pngs", "gif",
@@ -154,21 +168,23 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
     except KeyboardInterrupt:  # Ctrl-C ends the recording; the animation is still written
         pass
     finally:
-        stats = sub.stats
+        stats, last_error = sub.stats, sub.last_error
         sub.close()
-    animation = write_animation(kept, out / "animation.gif", palette=palette, text=text) if gif and kept else None
-    stale = drop_stale_frames(out, len(pngs))
+    animation = (write_animation(kept, out / "animation.gif", palette=palette, fps=fps, text=text)
+                 if gif and kept else None)
+    stale = drop_stale_frames(pngs)
     if not quiet:
         source = ", ".join([endpoints] if isinstance(endpoints, str) else endpoints)
         notes = [f"joined at frame {first.seq} of its stream"] if first is not None and first.seq else []
         notes += [f"deleted {stale} frame PNGs an earlier, longer recording left there"] if stale else []
         notes += [f"{stats['gaps']} frames dropped upstream"] if stats["gaps"] else []
+        notes += [rejected] if (rejected := rejected_note(stats, last_error)) else []
         where = (f" and {animation}" if animation else "") + (f" ({'; '.join(notes)})" if notes else "")
         if pngs:
             print(f"neuralflow: wrote {len(pngs)} PNGs to {out}{where}", file=sys.stderr)
         else:
-            print(f"neuralflow: no frames arrived on {source}, nothing written (is anything "
-                  "publishing there?)", file=sys.stderr)
+            print(f"neuralflow: no frames arrived on {source}, nothing written "
+                  f"({rejected or 'is anything publishing there?'})", file=sys.stderr)
     return {"dir": out, "pngs": pngs, "gif": animation, "frames": len(pngs), "stats": stats}
 
 
@@ -210,6 +226,7 @@ def export_timeline(frames: list[Frame], out_dir, *, mode: str = "plain", palett
     for frame, image in zip(frames, animation_frames(shown, palette=palette, zoom=zoom, text=caption)):
         pngs.append(out / f"{name}_{frame.step:06d}.png")
         image.save(pngs[-1])
+    drop_stale_frames(pngs, name)  # a longer earlier export of this name
     gif = write_animation(shown, out / f"{name}.gif", palette=palette, fps=fps, loop=0, zoom=zoom,
                           text=caption)
     return {"pngs": pngs, "gif": gif}

@@ -9,12 +9,16 @@ Layout: an 8-byte file magic and a u16 version, then records. Each record is a 1
 header (b"NFR1", payload length u32, CRC-32 of the payload u32) followed by the payload: the
 wire message's parts, each as a u32 length and its bytes. Appending never rewrites what is
 there, so a file cut off mid-write (a crash, a full disk) still replays up to its last whole
-record; `Recording.truncated` says whether a tail was cut. Seeking reads only the record
-headers once (the index), then any frame is one read away.
+record; `Recording.truncated` says whether a tail was cut. Damage inside the file costs only
+the records it hit: the index skips to the next record whose checksum holds, and reading skips
+a record whose checksum fails (`Recording.damaged` counts both), so the frames after it (and
+files joined with `cat`) still replay. Seeking reads only the record headers once (the index,
+plus a scan where a header is damaged), then any frame is one read away.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import zlib
@@ -31,7 +35,8 @@ PART = struct.Struct("<I")
 
 
 class RecordingError(ValueError):
-    """The file is not a neuralflow recording (or not one this version reads)."""
+    """The file is not a neuralflow recording (or not one this version reads), or holds nothing
+    that can be written as asked."""
 
 
 def _pack(frame: Frame) -> bytes:
@@ -54,24 +59,21 @@ def _unpack(payload: bytes) -> list[bytes]:
 
 
 class RecordingWriter:
-    """Append frames to `path` (created with its folders and a file header if new or empty; a
-    cut-off or damaged last record, left by a crash, is removed first so that what is appended
-    stays readable)."""
+    """Append frames to `path` (created with its folders and a file header if new or empty).
+
+    A cut-off last record, left by a crash, is removed first so that what is appended stays
+    readable (`cut_bytes` says how many bytes went); nothing else already there is touched.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
+        self.cut_bytes = 0
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
             existing = Recording(self.path)
-            keep = len(existing)
-            try:  # whole but damaged (a crash mid-write): as bad as cut off
-                if keep:
-                    existing[keep - 1]
-            except wire.WireError:
-                keep -= 1
-            if existing.truncated or keep < len(existing):  # a bad tail would hide what follows
-                end = existing.offsets[keep - 1][0] + existing.offsets[keep - 1][1] if keep else FILE_HEADER.size
-                os.truncate(self.path, end)
+            if existing.truncated:
+                self.cut_bytes = os.path.getsize(self.path) - existing.end
+                os.truncate(self.path, existing.end)
         self._file = open(self.path, "ab")
         if self._file.tell() == 0:
             self._file.write(FILE_HEADER.pack(FILE_MAGIC, FILE_VERSION))
@@ -108,7 +110,9 @@ def _check_header(path: str) -> None:
 class Recording:
     """Random access to the whole records of a recording file.
 
-    truncated: a partial or damaged record ends the file (everything before it is readable).
+    truncated: the file ends in a partial record (a crash mid-write); everything before it is
+    readable, and `end` is where it starts. damaged: records skipped so far because damage hit
+    them (a damaged header found while indexing, a checksum that fails when read).
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -120,26 +124,52 @@ class Recording:
         _check_header(self.path)
         self.offsets: list[tuple[int, int, int]] = []  # (payload offset, length, crc)
         self.truncated = False
+        self.damaged = 0
         size = os.path.getsize(self.path)
         with open(self.path, "rb") as f:
             at = FILE_HEADER.size
             while at < size:
                 f.seek(at)
                 head = f.read(RECORD.size)
-                if len(head) < RECORD.size:
-                    self.truncated = True
-                    break
-                magic, length, crc = RECORD.unpack(head)
-                if magic != RECORD_MAGIC or at + RECORD.size + length > size:
-                    self.truncated = True
-                    break
-                self.offsets.append((at + RECORD.size, length, crc))
-                at += RECORD.size + length
+                if head[:FILE_HEADER.size] == FILE_HEADER.pack(FILE_MAGIC, FILE_VERSION):
+                    at += FILE_HEADER.size  # another recording joined on (cat a b > c)
+                    continue
+                if len(head) == RECORD.size:
+                    magic, length, crc = RECORD.unpack(head)
+                    if magic == RECORD_MAGIC and at + RECORD.size + length <= size:
+                        self.offsets.append((at + RECORD.size, length, crc))
+                        at += RECORD.size + length
+                        continue
+                at = self._resync(f, at, size)
+        self.end = self.offsets[-1][0] + self.offsets[-1][1] if self.offsets else FILE_HEADER.size
+
+    def _resync(self, f, at: int, size: int) -> int:
+        """No record header at `at`: where the next intact record starts, or `size` (the tail
+        is cut). The last indexed record may be what is damaged (its length, say, led here)."""
+        if self.offsets and not self._intact(f, *self.offsets[-1]):
+            at = self.offsets.pop()[0] - RECORD.size
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            start = data.find(RECORD_MAGIC, at + 1)
+            while 0 <= start <= size - RECORD.size:
+                _, length, crc = RECORD.unpack_from(data, start)
+                payload = start + RECORD.size
+                if payload + length <= size and zlib.crc32(data[payload:payload + length]) == crc:
+                    self.damaged += 1
+                    return start
+                start = data.find(RECORD_MAGIC, start + 1)
+        self.truncated = True
+        return size
+
+    @staticmethod
+    def _intact(f, offset: int, length: int, crc: int) -> bool:
+        f.seek(offset)
+        return zlib.crc32(f.read(length)) == crc
 
     def __len__(self) -> int:
         return len(self.offsets)
 
     def __getitem__(self, index: int) -> Frame:
+        """The frame of record `index`; wire.WireError if damage hit it."""
         offset, length, crc = self.offsets[index]
         with open(self.path, "rb") as f:
             f.seek(offset)
@@ -149,10 +179,9 @@ class Recording:
         return wire.decode(_unpack(payload))
 
     def __iter__(self):
-        """Every readable frame in order; a damaged record ends the iteration (marks truncated)."""
+        """Every readable frame in order; a damaged record is skipped (and counted in damaged)."""
         for index in range(len(self)):
             try:
                 yield self[index]
             except wire.WireError:
-                self.truncated = True
-                return
+                self.damaged += 1

@@ -72,6 +72,7 @@ class Publisher:
         self._socket.setsockopt(zmq.XPUB_NODROP, int(nodrop))
         self._socket.setsockopt(zmq.XPUB_VERBOSER, 1)  # every join and leave reaches us
         _warn_if_all_interfaces(endpoint)
+        self._socket.setsockopt(zmq.IPV6, int(_ipv6(endpoint)))
         try:
             self._socket.bind(endpoint)
         except zmq.ZMQError as e:
@@ -234,6 +235,8 @@ class Subscriber:
     def connect(self, endpoint: str) -> None:
         """Also listen to `endpoint` (connecting never fails for a publisher that is not up yet)."""
         try:
+            if _ipv6(endpoint):  # (off by default in ZeroMQ; on for all later connects too)
+                self._socket.setsockopt(zmq.IPV6, 1)
             self._socket.connect(endpoint)
         except zmq.ZMQError as e:
             raise ValueError(f"cannot connect to {endpoint}: {e.strerror}") from None
@@ -331,11 +334,20 @@ class Subscriber:
         return frame
 
 
-def _warn_if_all_interfaces(endpoint: str) -> None:
+def _tcp_host(endpoint: str) -> str | None:
+    """The host of a tcp:// endpoint, IPv6 brackets taken off ("::1" for tcp://[::1]:5555)."""
     if not endpoint.startswith("tcp://"):
-        return
-    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-    if host in _ALL_INTERFACES:
+        return None
+    return endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+
+
+def _ipv6(endpoint: str) -> bool:
+    """An IPv6 address (tcp://[::1]:5555): ZeroMQ takes those only with its IPV6 option on."""
+    return ":" in (_tcp_host(endpoint) or "")
+
+
+def _warn_if_all_interfaces(endpoint: str) -> None:
+    if _tcp_host(endpoint) in _ALL_INTERFACES:
         warnings.warn(
             f"neuralflow publisher binds {endpoint} on all network interfaces: anyone who can reach "
             f"this machine can watch the frames. Bind tcp://127.0.0.1:<port> to keep them local.",
