@@ -39,7 +39,8 @@ the loss across ranks) and adds drift/<probe>/layer_NN, drift/<probe>/mean and
 drift/<probe>/jump_layer (-1: none) to those logs and to state.log_history. Reporters
 (TensorBoard, W&B) only see the added keys when the callback runs before them:
 `probe.attach(trainer)` puts it there; `callbacks=[probe]` puts it after them (the Trainer
-appends user callbacks last), which still reaches log_history and the console.
+appends user callbacks last), which still reaches log_history and the console. attach() on a
+trainer that already has the callback moves it ahead instead of adding it twice.
 
 Distributed: ranks="0" (default) probes on global rank 0 only; ranks="all" probes on every
 rank, frames carry Frame.rank and "rank N" in the label, rank N publishes on the endpoint's
@@ -54,6 +55,7 @@ with the step drawn on each, a looping 15 fps GIF). engine/train_demo.py backs
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import numbers
 import os
@@ -68,7 +70,7 @@ import torch
 
 from neuralflow.engine.layers import (decoder_layers, hidden_size, last_token_outputs, model_name,
                                       module_device)
-from neuralflow.engine.render import render, seed_stats
+from neuralflow.engine.render import check_options, render, seed_stats
 from neuralflow.viewer.frame import Frame
 from neuralflow.viewer.record import EXPORT_MODES, export_timeline
 from neuralflow.viewer.wire import new_session_id
@@ -145,15 +147,33 @@ def _offset_port(endpoint: str, by: int) -> str:
 
 
 def _named(prompts) -> dict:
+    """{name: prompt} from the forms Prober takes; an empty collection is refused here, at
+    construction, rather than probing nothing all run long."""
+    if isinstance(prompts, Mapping) and "input_ids" in prompts:  # a tokenizer's output: one prompt
+        prompts = prompts["input_ids"]
     if isinstance(prompts, Mapping):
-        if "input_ids" in prompts:  # a tokenizer's output (BatchEncoding): one prompt
-            prompts = prompts["input_ids"]
-        else:
-            return dict(prompts)
-    ids = isinstance(prompts, (list, tuple)) and len(prompts) > 0 and isinstance(prompts[0], numbers.Integral)
-    if ids or isinstance(prompts, (str, torch.Tensor, np.ndarray)):  # one prompt
-        prompts = [prompts]
-    return {f"probe{k}": p for k, p in enumerate(prompts)}
+        named = dict(prompts)
+    else:
+        ids = isinstance(prompts, (list, tuple)) and len(prompts) > 0 and isinstance(prompts[0], numbers.Integral)
+        if ids or isinstance(prompts, (str, torch.Tensor, np.ndarray)):  # one prompt
+            prompts = [prompts]
+        named = {f"probe{k}": p for k, p in enumerate(prompts)}
+    if not named:
+        raise ValueError(f"no probe prompts: got an empty {type(prompts).__name__}")
+    return named
+
+
+def _file_stems(names) -> dict:
+    """{name: file stem} for the export: the name with what is no file name made "_". Two
+    names that come out the same would overwrite each other's files: a ValueError names them."""
+    stems = {}
+    for name in names:
+        stem = re.sub(r"[^\w.-]+", "_", str(name))
+        clash = next((other for other, s in stems.items() if s == stem), None)
+        if clash is not None:
+            raise ValueError(f"probe names {clash!r} and {name!r} both export as {stem!r}: rename one")
+        stems[name] = stem
+    return stems
 
 
 # ---- the prober ------------------------------------------------------------------------------
@@ -179,6 +199,7 @@ class Prober:
                  strict: bool = False):
         if ranks not in ("0", "all"):
             raise ValueError(f'ranks must be "0" or "all", got {ranks!r}')
+        check_options(width, layout, norm)  # here, not at the first probe (which would disable probing)
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             model = model.module  # probe the inner module: DDP's forward would start collectives
         self.model = model
@@ -213,6 +234,10 @@ class Prober:
                 publisher.wait_for_subscribers(1, timeout=wait)
 
     def _ids(self, prompt, tokenizer) -> torch.Tensor:
+        if isinstance(prompt, Mapping):  # a tokenizer's output in a list or dict
+            if "input_ids" not in prompt:
+                raise ValueError(f"a probe prompt that is a mapping needs \"input_ids\", got keys {list(prompt)}")
+            prompt = prompt["input_ids"]
         if isinstance(prompt, str):
             if tokenizer is None:
                 raise ValueError("str prompts need a tokenizer (or pass token ids)")
@@ -347,27 +372,47 @@ class Prober:
         self.close()
 
 
+# Prober's keyword options and their defaults: what ProbeCallback passes on (checked when the
+# callback is built; its tokenizer is ProbeCallback's own argument)
+_PROBER_OPTIONS = {name: p.default for name, p in inspect.signature(Prober.__init__).parameters.items()
+                   if p.kind is p.KEYWORD_ONLY and name != "tokenizer"}
+
+
 # ---- the Trainer callback --------------------------------------------------------------------
 
 class ProbeCallback(TrainerCallback):
-    """Probe at the start of training and every `every` optimizer steps (see the module docstring).
+    """Probe at the start of training, every `every` optimizer steps and at the last step (see
+    the module docstring).
 
     Takes Prober's options, plus export: a folder to write each prompt's timeline to at the end
     of training (export_mode "plain", "side" or "diff"). The tokenizer defaults to the Trainer's
     processing_class (a processor's tokenizer). `prober` is built anew at each on_train_begin
     (its first probe is the reference) and closed at on_train_end, after a last probe of the
-    final model when the last step was not a probe step. Each checkpoint keeps the step-0
-    states (neuralflow_probe.pt), so a run resumed from it still measures drift against step 0;
-    its export holds the frames since the resume (the recording, appended to, holds them all).
+    final model when the run stopped early, after its last probe (that one reaches
+    log_history only). Each checkpoint keeps the step-0 states (neuralflow_probe.pt), so a
+    run resumed from it still measures drift against step 0; its export holds the frames
+    since the resume (the recording, appended to, holds them all).
     """
 
     def __init__(self, prompts, tokenizer=None, *, every: int = 50, export=None,
                  export_mode: str = "plain", **options):
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+        # what the Prober would refuse at on_train_begin (or at the first probe) is refused here
+        if not isinstance(every, numbers.Integral) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"every must be an int >= 1, got {every!r}")
         if export_mode not in EXPORT_MODES:
             raise ValueError(f"export_mode must be one of {EXPORT_MODES}, got {export_mode!r}")
-        self.prompts, self.tokenizer, self.every = prompts, tokenizer, every
+        unknown = sorted(set(options) - set(_PROBER_OPTIONS))
+        if unknown:
+            raise TypeError(f"ProbeCallback got unknown options {unknown} "
+                            f"(Prober's options: {', '.join(sorted(_PROBER_OPTIONS))})")
+        given = {**_PROBER_OPTIONS, **options}
+        check_options(given["width"], given["layout"], given["norm"])
+        if given["ranks"] not in ("0", "all"):
+            raise ValueError(f'ranks must be "0" or "all", got {given["ranks"]!r}')
+        names = _named(prompts)  # (empty: refused)
+        if export:
+            _file_stems(names)  # two names for one file: refused
+        self.prompts, self.tokenizer, self.every = prompts, tokenizer, int(every)
         self.export, self.export_mode, self.options = export, export_mode, options
         self.prober: Prober | None = None
         self.probed: list[int] = []  # steps probed (on every rank, by schedule)
@@ -375,9 +420,11 @@ class ProbeCallback(TrainerCallback):
         self._attached = False
 
     def attach(self, trainer) -> "ProbeCallback":
-        """Add this callback to `trainer` ahead of the reporters, so drift reaches them."""
+        """Add this callback to `trainer` ahead of the reporters, so drift reaches them. Already
+        there (callbacks=[probe]): moved ahead, not added twice (it would probe twice)."""
         from transformers.trainer_callback import DefaultFlowCallback
         callbacks = trainer.callback_handler.callbacks
+        callbacks[:] = [c for c in callbacks if c is not self]
         at = 1 if callbacks and isinstance(callbacks[0], DefaultFlowCallback) else 0
         callbacks.insert(at, self)
         self._attached = True
@@ -455,7 +502,10 @@ class ProbeCallback(TrainerCallback):
             log.error("neuralflow: saving the probes' step-0 states into %s failed: %r", folder, err)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.every == 0:
+        # the last step too, here and not at on_train_end: its drift goes through the logs
+        # to the reporters and the console like every other probe's
+        last = state.global_step >= state.max_steps or control.should_training_stop
+        if state.global_step % self.every == 0 or last:
             self._probe(state.global_step, control)
 
     def _probe(self, step: int, control) -> None:
@@ -481,17 +531,18 @@ class ProbeCallback(TrainerCallback):
         if self.prober is None:
             return
         try:
-            # the final model, probed too (unless the Trainer just loaded an earlier, best one)
+            # a run stopped early, after its last probe: the final model too, into log_history
+            # only (the Trainer logs no more; unless it just loaded an earlier, best model)
             if self.probed and self.probed[-1] != state.global_step and not args.load_best_model_at_end:
                 self.probed.append(state.global_step)
                 metrics = self.prober.probe(state.global_step)
                 if metrics:
                     state.log_history.append({"step": state.global_step, **metrics})
             if self.export and self.prober.active:
+                stems = _file_stems(self.prober.frames)  # a file name, whatever the prompt's name
                 for name, frames in self.prober.frames.items():
                     if frames:
-                        # a file name, whatever the prompt's name
-                        stem = re.sub(r"[^\w.-]+", "_", name) + self.prober.rank_suffix
+                        stem = stems[name] + self.prober.rank_suffix
                         export_timeline(frames, self.export, mode=self.export_mode, name=stem)
         except Exception as err:
             if self.options.get("strict"):

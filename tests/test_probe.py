@@ -438,5 +438,82 @@ def test_trainer_options_and_the_final_model(tmp_path):
     trainer = train(tmp_path / "run", probe, steps=12)
     assert probe.probed == [0, 5, 10, 12]
     assert [f.step for f in probe.prober.frames["qa/fox"]] == [0, 5, 10, 12]
-    assert trainer.state.log_history[-1]["step"] == 12 and "drift/qa/fox/mean" in trainer.state.log_history[-1]
+    logged = [h for h in trainer.state.log_history if "drift/qa/fox/mean" in h]
+    assert logged[-1]["step"] == 12 and "loss" in logged[-1]  # a log of its own, as every probe's
     assert (tmp_path / "timeline" / "qa_fox.gif").exists()
+
+
+def test_the_last_step_is_probed_through_the_logs(tmp_path):
+    """The last step's drift reaches the reporters as every probe's does, also when `every`
+    does not divide max_steps or exceeds it; a run stopped early by another callback, after its
+    last probe, still gets the final model probed (into log_history)."""
+    for every, steps, expected in ((5, 7, [5, 7]), (50, 3, [3])):
+        probe = ProbeCallback(PROMPTS, every=every, width=32, strict=True)
+        reporter = Reporter()
+        trainer = train(tmp_path / f"run{every}", probe, steps=steps, extra_callbacks=[reporter])
+        assert probe.probed == [0, *expected]
+        assert sorted(s for s, logs in reporter.seen.items() if "drift/a/mean" in logs) == expected
+        assert "loss" in reporter.seen[steps]
+
+    class Stop(TrainerCallback):  # runs after the probe (attach() puts it ahead)
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 4
+
+    probe = ProbeCallback(PROMPTS, every=3, width=32, strict=True)
+    trainer = train(tmp_path / "stopped", probe, steps=20, extra_callbacks=[Stop()])
+    assert probe.probed == [0, 3, 4]
+    assert [h["step"] for h in trainer.state.log_history if "drift/a/mean" in h] == [3, 4]
+
+
+def test_bad_arguments_fail_when_built():
+    """What would fail at on_train_begin or at the first probe (disabling probing for the whole
+    run) fails when the callback or the Prober is built."""
+    for options in (dict(norm="bogus"), dict(layout="rows"), dict(width=0), dict(ranks="1"),
+                    dict(every=2.5), dict(every=0), dict(every=True), dict(every="5")):
+        with pytest.raises(ValueError, match=next(iter(options))):
+            ProbeCallback(PROMPTS, **{"every": 5, **options})
+    for empty in ([], {}, ()):
+        with pytest.raises(ValueError, match="no probe prompts"):
+            ProbeCallback(empty)
+        with pytest.raises(ValueError, match="no probe prompts"):
+            Prober(tiny("mistral"), empty)
+    with pytest.raises(TypeError, match="evry"):  # a typo'd option, not only once train() starts
+        ProbeCallback(PROMPTS, evry=5)
+    with pytest.raises(ValueError, match="norm"):
+        Prober(tiny("mistral"), PROMPTS, norm="bogus")
+    assert ProbeCallback(PROMPTS, every=np.int64(5), width=32, rank=0).every == 5
+
+
+def test_tokenizer_output_inside_a_list_or_dict():
+    from transformers import BatchEncoding
+    model = tiny("mistral")
+    encoded = BatchEncoding({"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3)})
+    plain = {"input_ids": [8, 9], "attention_mask": [1, 1]}  # a tokenizer's output without tensors
+    with Prober(model, {"x": encoded, "y": plain}, width=32) as prober:
+        assert {n: p.tolist() for n, p in prober.prompts.items()} == {"x": [[5, 6, 7]], "y": [[8, 9]]}
+    with Prober(model, [encoded, plain], width=32) as prober:
+        assert [p.tolist() for p in prober.prompts.values()] == [[[5, 6, 7]], [[8, 9]]]
+    with pytest.raises(ValueError, match="input_ids"):
+        Prober(model, [{"attention_mask": [1, 1]}])
+
+
+def test_export_names_that_clash_are_refused(tmp_path):
+    """Two names with one file stem would overwrite each other's export."""
+    prompts = {"qa/fox": [5, 17, 33], "qa fox": [7, 7, 60]}
+    with pytest.raises(ValueError, match="'qa/fox' and 'qa fox' both export as 'qa_fox'"):
+        ProbeCallback(prompts, export=tmp_path)
+    ProbeCallback(prompts)  # without an export they do not clash
+
+
+def test_attach_after_callbacks_does_not_add_a_second_copy(tmp_path):
+    probe = ProbeCallback(PROMPTS, every=5, width=32, recording=tmp_path / "r.nfrec", strict=True)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=5, per_device_train_batch_size=4,
+                             report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True)
+    trainer = Trainer(model=tiny("mistral"), args=args, train_dataset=dataset(), callbacks=[probe])
+    probe.attach(trainer)
+    probe.attach(trainer)
+    callbacks = trainer.callback_handler.callbacks
+    assert sum(c is probe for c in callbacks) == 1 and callbacks[1] is probe  # moved ahead of the rest
+    trainer.train()
+    frames = [f for f in Recording(tmp_path / "r.nfrec") if f.meta["probe"] == "a"]
+    assert [f.step for f in frames] == [0, 5] and len({f.session for f in frames}) == 1
