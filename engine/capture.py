@@ -22,6 +22,7 @@ log line (strict=True raises instead, for tests).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import threading
@@ -74,6 +75,21 @@ def _cached_length(cache) -> int | None:
         return cache.get_seq_length()
     except Exception:  # layers with no length (linear attention, say)
         return None
+
+
+def _cache_index(module: torch.nn.Module) -> int | None:
+    """Where the module's forward takes its cache positionally (GPT-2 and Bloom: second, so a
+    hand-written loop may call model(ids, cache)), or None."""
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):  # no signature to read
+        return None
+    for index, parameter in enumerate(parameters):
+        if parameter.kind not in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            return None
+        if parameter.name in ("past_key_values", "cache"):  # renamed in transformers 5.2x
+            return index
+    return None
 
 
 class Engine:
@@ -129,6 +145,8 @@ class Engine:
         # them, so detaching and attaching again reuses it instead of recompiling
         self._start_hook, self._end_hook = self._on_model_start, self._on_model_end
         self._layer_hooks = [self._layer_hook(i) for i in range(len(self.layers))]
+        # read from the signature once here: binding each forward's arguments would cost the hot path
+        self._cache_at = _cache_index(unwrap(model))
         self._allocated = False
 
     # ---- attach / detach -------------------------------------------------------------
@@ -313,6 +331,8 @@ class Engine:
         if q_len == 0:  # (transformers before 5.2x: generate over a DynamicCache after reset())
             raise ValueError("forward called with no new positions (an empty input_ids): nothing to capture")
         cache = kwargs.get("past_key_values", kwargs.get("cache"))  # renamed in transformers 5.2x
+        if cache is None and self._cache_at is not None and len(args) > self._cache_at:
+            cache = args[self._cache_at]  # passed positionally: model(ids, cache)
         self._step, self._position = self._place(cache, q_len)
         self._uncached_length = q_len if cache is None else None
         self._rendered = False
@@ -414,8 +434,12 @@ class Engine:
             # for itself (if any) continues this sequence (a hand-written decode loop passes it on)
             # (a ModelOutput is a dict; read as a plain one: its attribute and its get() warn
             # about the old name, past_key_values, in transformers 5.2x)
-            cache = (dict.get(output, "cache", dict.get(output, "past_key_values"))
-                     if isinstance(output, dict) else None)
+            if isinstance(output, dict):
+                cache = dict.get(output, "cache", dict.get(output, "past_key_values"))
+            elif isinstance(output, (tuple, list)):  # return_dict=False: (logits, cache, ...)
+                cache = next((x for x in output if hasattr(x, "get_seq_length")), None)
+            else:
+                cache = None
             if cache is not None and not isinstance(cache, (tuple, list)):
                 self._remember(cache, (self._step, self._position))
         self._ship()

@@ -16,6 +16,7 @@ with one line; the CLI prints it and exits 2.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -141,6 +142,9 @@ def _first_line(err: BaseException) -> str:
 def run(args, publisher) -> int:
     """The `generate` command. `publisher` (bound by the CLI before the slow imports) or None."""
     say = lambda line: print(f"neuralflow generate: {line}", file=sys.stderr, flush=True)
+    # before the weights load; the parser takes any float, and -1 or nan would quietly run greedy
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UserError(f"--temperature must be a finite number >= 0 (0 is greedy), not {args.temperature}")
     model, tokenizer = load(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
                             attn=args.attn, say=say)
     device = module_device(model)  # not model.device: with device_map offload that may be "meta"

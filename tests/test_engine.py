@@ -727,3 +727,31 @@ def test_typical_scale_is_a_quantile_of_each_layers_values():
     outputs = [h[0] for h in hidden[1:-1]] + [seen[0][0]]
     want = torch.stack([torch.quantile(x[2:][-6:].abs().flatten(), 0.9) for x in outputs])
     assert torch.equal(lo, torch.zeros(3)) and torch.allclose(hi, want)
+
+
+def test_a_hand_written_loop_passing_the_cache_positionally():
+    """GPT-2 and Bloom take the cache second, and their classic loop is model(ids, cache): the
+    steps still count."""
+    for family in ("gpt2", "bloom"):
+        model = tiny(family)
+        frames = []
+        with Engine(model, width=16, on_frame=frames.append, strict=True), torch.no_grad():
+            out = model(prompt())
+            for _ in range(2):
+                cache = dict.get(out, "cache", dict.get(out, "past_key_values"))  # (renamed in 5.2x)
+                out = model(out.logits[:, -1:].argmax(-1), cache)
+        assert [(f.step, f.position) for f in frames] == [(0, 4), (1, 5), (2, 6)], family
+
+
+def test_a_hand_written_loop_with_tuple_outputs():
+    """return_dict=False gives (logits, cache): the cache the prefill made continues it."""
+    import inspect
+    model = tiny("llama")
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # 5.2x
+    frames = []
+    with Engine(model, width=16, on_frame=frames.append, strict=True), torch.no_grad():
+        logits, cache = model(prompt(), use_cache=True, return_dict=False)[:2]
+        for _ in range(2):
+            logits, cache = model(logits[:, -1:].argmax(-1), use_cache=True, return_dict=False,
+                                  **{name: cache})[:2]
+    assert [(f.step, f.position) for f in frames] == [(0, 4), (1, 5), (2, 6)]
