@@ -29,6 +29,7 @@ from .frame import Frame
 FILE_MAGIC = b"NFLWREC\x00"
 FILE_VERSION = 1
 FILE_HEADER = struct.Struct("<8sH")
+FILE_HEAD = FILE_HEADER.pack(FILE_MAGIC, FILE_VERSION)  # what every file this version writes starts with
 RECORD = struct.Struct("<4sII")
 RECORD_MAGIC = b"NFR1"
 PART = struct.Struct("<I")
@@ -76,7 +77,7 @@ class RecordingWriter:
                 os.truncate(self.path, existing.end)
         self._file = open(self.path, "ab")
         if self._file.tell() == 0:
-            self._file.write(FILE_HEADER.pack(FILE_MAGIC, FILE_VERSION))
+            self._file.write(FILE_HEAD)
             self._file.flush()  # an empty recording is still a recording
         self.frames = 0
 
@@ -131,7 +132,7 @@ class Recording:
             while at < size:
                 f.seek(at)
                 head = f.read(RECORD.size)
-                if head[:FILE_HEADER.size] == FILE_HEADER.pack(FILE_MAGIC, FILE_VERSION):
+                if head.startswith(FILE_HEAD):
                     at += FILE_HEADER.size  # another recording joined on (cat a b > c)
                     continue
                 if len(head) == RECORD.size:
