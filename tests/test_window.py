@@ -8,10 +8,12 @@ published. Run: `python -m pytest tests/test_window.py`.
 Xvfb and xdotool are required (CI installs them): without them these tests FAIL, not skip.
 """
 
+import collections
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -378,6 +380,10 @@ def test_keys_before_the_first_frame_keep_the_window_live(display, monkeypatch):
         view = ViewerWindow(root, Source(), out_dir=".")
         view.back()
         view.forward()
+        view.step()
+        assert view.cursor is None and not view.step_pending
+        view._update_stats()
+        assert "view     live" in view.stats_label.cget("text")
         wait_for(lambda: root.update() or view.shown is not None, 5, "the first frame shown")
         assert view.cursor is None  # live, not paused on a frame that never was
     finally:
@@ -463,3 +469,202 @@ def test_the_live_window_keeps_every_frame(display, monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "_open_window", open_window)
     assert cli.main(["view", "--connect", "tcp://127.0.0.1:5999"]) == 0
     assert seen == {"total": 10, "shown": 9}
+
+
+# ---- in-process checks on one ViewerWindow ------------------------------------------------------------
+
+class Frames:
+    """A frame source that hands out the frames the test queued, one per recv."""
+    state, stats = "live", {"gaps": 0, "rejected": 0}
+
+    def __init__(self):
+        self.queue = collections.deque()
+
+    def recv(self, timeout=None):
+        return self.queue.popleft() if self.queue else None
+
+
+class Endless:
+    """A source that always has a next frame: a fast stream, or a replay (`replaying`) running on."""
+    state, stats = "live", {"gaps": 0, "rejected": 0}
+
+    def __init__(self, replaying):
+        self.replaying, self.sent = replaying, 0
+
+    def recv(self, timeout=None):
+        self.sent += 1
+        return make_frame(self.sent - 1, 1)
+
+
+@pytest.fixture
+def root(display, monkeypatch):
+    monkeypatch.setenv("DISPLAY", display)
+    import tkinter as tk
+    root = tk.Tk()
+    try:
+        yield root
+    finally:
+        try:
+            root.destroy()
+        except tk.TclError:  # the window closed itself
+            pass
+
+
+def run_until(root, check, what, timeout=5.0):
+    return wait_for(lambda: root.update() or check(), timeout, what)
+
+
+def test_closing_waits_for_every_recording_being_written(root, tmp_path, monkeypatch, capsys):
+    """q with an older recording still being written (a newer one done): the window says so and
+    closes once both GIFs are whole."""
+    from neuralflow.viewer import window as window_module
+    from neuralflow.viewer.window import ViewerWindow
+
+    write, release = window_module.write_animation, threading.Event()
+
+    def slow_first(frames, path, **options):  # the 3-frame recording waits for the test
+        if len(frames) == 3:
+            assert release.wait(30)
+        return write(frames, path, **options)
+
+    monkeypatch.setattr(window_module, "write_animation", slow_first)
+    source = Frames()
+    view = ViewerWindow(root, source, out_dir=tmp_path)
+    for count in (3, 2):
+        view.toggle_recording()
+        source.queue.extend(make_frame(k, 1) for k in range(count))
+        run_until(root, lambda: len(view.recording) == count, "frames recorded")
+        view.toggle_recording()
+    run_until(root, lambda: any(p.name.endswith("_2f.gif") for p in view.saved), "the newer recording written")
+    view.close()
+    run_until(root, lambda: "writing 1 recording(s)" in root.title(), "the title saying what it waits for")
+    assert "writing 1 recording(s)" in capsys.readouterr().err
+    release.set()
+    root.mainloop()  # until the window closes itself
+    gifs = {p.name[-7:]: p for p in tmp_path.glob("*.gif")}
+    assert sorted(gifs) == ["_2f.gif", "_3f.gif"]
+    for suffix, count in (("_2f.gif", 2), ("_3f.gif", 3)):
+        with Image.open(gifs[suffix]) as image:
+            assert image.n_frames == count
+
+
+def test_saves_never_overwrite(root, tmp_path):
+    """s twice on one frame, with another palette or another reference: four files, each as saved."""
+    from neuralflow.viewer.window import ViewerWindow
+
+    source = Frames()
+    view = ViewerWindow(root, source, out_dir=tmp_path)
+    a, b = make_frame(0, 1), make_frame(1, 1)
+    source.queue.append(a)
+    run_until(root, lambda: view.shown is not None, "the frame shown")
+    view.save()
+    view.cycle_palette()
+    view.save()
+    stem = f"neuralflow_{a.session:016x}_{a.seq:06d}_step{a.step}"
+    for name, palette in ((stem, "seed"), (f"{stem}_2", "viridis")):
+        with Image.open(tmp_path / f"{name}.png") as image:
+            np.testing.assert_array_equal(np.asarray(image.convert("RGB")), colorize_array(a.pixels, palette))
+        assert (tmp_path / f"{name}_guide.png").exists()
+
+    view.toggle_diff()  # pins a
+    source.queue.append(b)
+    run_until(root, lambda: view.shown is b, "the next frame shown")
+    view.save()
+    view.pin_reference()  # b against itself
+    view.save()
+    stem = f"neuralflow_{b.session:016x}_{b.seq:06d}_step{b.step}_diff"
+    for name, pixels in ((stem, difference(b, a)[0]), (f"{stem}_2", np.full_like(b.pixels, 128))):
+        with Image.open(tmp_path / f"{name}.png") as image:
+            np.testing.assert_array_equal(np.asarray(image.convert("RGB")), colorize_array(pixels, "diverging"))
+    assert len(list(tmp_path.glob("*.png"))) == 8
+
+
+def test_recordings_never_overwrite(root, tmp_path, monkeypatch):
+    """Two recordings in the same second with as many frames, the first still being written when
+    the second stops: two GIFs, each with its own palette."""
+    from neuralflow.viewer import window as window_module
+    from neuralflow.viewer.window import ViewerWindow
+
+    write, release = window_module.write_animation, threading.Event()
+
+    def held(frames, path, **options):
+        assert release.wait(30)
+        return write(frames, path, **options)
+
+    monkeypatch.setattr(window_module, "write_animation", held)
+    monkeypatch.setattr(window_module.time, "strftime", lambda pattern: "20250101_120000")  # the same second
+    source = Frames()
+    view = ViewerWindow(root, source, out_dir=tmp_path)
+    recorded = {}
+    for palette, first in (("seed", 0), ("viridis", 10)):
+        view.palette = palette
+        view.toggle_recording()
+        recorded[palette] = [make_frame(k, 1) for k in range(first, first + 3)]
+        source.queue.extend(recorded[palette])
+        run_until(root, lambda: len(view.recording) == 3, "frames recorded")
+        view.toggle_recording()
+    release.set()
+    run_until(root, lambda: len(view.saved) == 2, "both recordings written")
+    first, second = tmp_path / "neuralflow_20250101_120000_3f.gif", tmp_path / "neuralflow_20250101_120000_3f_2.gif"
+    assert sorted(tmp_path.glob("*.gif")) == [first, second]
+    for path, palette in ((first, "seed"), (second, "viridis")):
+        with Image.open(path) as image:
+            assert image.n_frames == 3
+            np.testing.assert_array_equal(np.asarray(image.convert("RGB"))[:64],
+                                          colorize_array(recorded[palette][0].pixels, palette))
+
+
+def test_step_at_the_newest_frame_stops_at_the_next(root, tmp_path):
+    """. at the newest frame, then five frames in one poll: the next frame shows, not the newest."""
+    from neuralflow.viewer.window import ViewerWindow
+
+    source = Frames()
+    view = ViewerWindow(root, source, out_dir=tmp_path)
+    source.queue.append(make_frame(0, 1))
+    run_until(root, lambda: view.shown is not None, "the first frame shown")
+    view.toggle_pause()
+    view.step()
+    source.queue.extend(make_frame(k, 1) for k in range(1, 6))
+    run_until(root, lambda: view.total == 6, "the five frames taken")
+    assert view.shown.seq == 1 and view.cursor == 1
+    view.step()
+    assert view.shown.seq == 2
+
+
+@pytest.mark.parametrize("replaying", [True, False], ids=["replay", "stream"])
+def test_a_paused_replay_waits_and_a_paused_stream_is_drained(root, tmp_path, replaying):
+    from neuralflow.viewer.window import ViewerWindow
+
+    source = Endless(replaying)
+    view = ViewerWindow(root, source, out_dir=tmp_path)
+    polls = []
+    view._poll = lambda: polls.append(1) or ViewerWindow._poll(view)  # the next polls come here
+    run_until(root, lambda: view.shown is not None, "frames shown")
+    view.toggle_pause()
+    paused = view.total
+    if not replaying:
+        run_until(root, lambda: view.total > paused, "frames still taken while paused")
+        return
+    polls.clear()
+    run_until(root, lambda: len(polls) >= 10, "ten polls while paused")
+    assert view.total == paused == source.sent, "a paused replay must not be read on"
+    shown = view.shown.seq
+    view.step()  # at the newest: takes exactly the next frame
+    run_until(root, lambda: view.shown.seq == shown + 1, "the stepped frame")
+    polls.clear()
+    run_until(root, lambda: len(polls) >= 10, "ten polls after the step")
+    assert view.total == paused + 1 == source.sent
+    view.toggle_pause()
+    run_until(root, lambda: view.total > paused + 1, "the replay playing on after resume")
+
+
+def test_the_in_rate_counts_every_arrival(root, tmp_path):
+    from neuralflow.viewer.window import ViewerWindow
+
+    view = ViewerWindow(root, Frames(), out_dir=tmp_path)
+    frame, start = make_frame(0, 1), time.monotonic()
+    for _ in range(2000):
+        view._take(frame)
+    view._update_stats()
+    assert time.monotonic() - start < 0.9, "too slow to check a rate over one second"
+    assert "shown, 2000 in" in view.stats_label.cget("text")

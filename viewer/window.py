@@ -10,12 +10,14 @@ capture to screen, dropped frames (seq gaps), rejected messages, and what the mo
 Keys (buttons do the same): space pause/resume, Left/Right scrub the last `history` frames,
 "." step one frame, p next palette, s save PNG (full resolution, plain and with guide),
 r start/stop recording (GIF, or APNG with `neuralflow view --apng`; 15 fps, loops), f pin the shown frame as
-reference, d difference to the reference (diverging palette) with a per-layer drift bar, q quit.
+reference, d difference to the reference (diverging palette) with a per-layer drift bar, q quit
+(once every recording still being written is on disk). Saves and recordings never overwrite a
+file: a name already taken gets _2, _3 ...
 
 The Tk loop never blocks: every `poll_ms` an `after` callback takes whatever the subscriber
 has (recv(timeout=0), up to 64 frames) into the history and any recording, and shows the
-newest. New sessions, new geometries and errors are reported in the status line (and as one
-line on stderr) and the window keeps going.
+newest; a paused replay is not read on (it waits). New sessions, new geometries and errors
+are reported in the status line (and as one line on stderr) and the window keeps going.
 """
 
 from __future__ import annotations
@@ -77,11 +79,12 @@ class ViewerWindow:
         self._mouse: tuple[int, int] | None = None  # canvas (y, x) under the pointer
         self._photo: ImageTk.PhotoImage | None = None
         self._photo_size = None
-        self._writer: threading.Thread | None = None
+        self._writers: list[tuple[threading.Thread, Path]] = []  # recordings being written, and where
+        self._closing = False
         self._guide_photo = self._drift_photo = None
         self._guide_key = None
         self._shown_times: collections.deque[float] = collections.deque(maxlen=512)
-        self._recv_times: collections.deque[float] = collections.deque(maxlen=512)
+        self._arrivals: collections.deque[list] = collections.deque()  # [time, frames] per 10 ms, the last second
         self._lags: collections.deque[float] = collections.deque(maxlen=60)
         self._messages: list[str] = []  # from the recording thread, read by the Tk loop
         self._sessions: set[int] = set()
@@ -169,17 +172,22 @@ class ViewerWindow:
 
     def _poll(self):
         try:
+            # A paused replay is not read on (it would play on unseen, out of the history), but
+            # for one frame when a step waits for it; a live stream is drained as ever.
+            held = self.cursor is not None and getattr(self.source, "replaying", False)
+            if held and not self.step_pending:
+                return
             newest = None
-            for _ in range(64):  # bounded: the loop must come back to Tk
+            for _ in range(1 if held else 64):  # bounded: the loop must come back to Tk
                 frame = self.source.recv(timeout=0)
                 if frame is None:
                     break
                 self._take(frame)
                 newest = frame
-            if newest is not None and (self.cursor is None or self.step_pending):
-                if self.step_pending:
-                    self.cursor, self.step_pending = self.total - 1, False
+            if newest is not None and self.cursor is None:
                 self._show(newest, live=True)
+            elif newest is not None and self.step_pending:
+                self._go(self.cursor + 1)  # the frame after the shown one, however many came
         except Exception as e:  # the window outlives a broken source or frame; say so, keep polling
             self.errors += 1
             self.say(f"error: {type(e).__name__}: {e}")
@@ -202,7 +210,13 @@ class ViewerWindow:
         self.latest = frame
         self.history.append(frame)
         self.total += 1
-        self._recv_times.append(time.monotonic())
+        now = time.monotonic()
+        if self._arrivals and now - self._arrivals[-1][0] < 0.01:
+            self._arrivals[-1][1] += 1  # counts, not one time per frame: any rate, bounded memory
+        else:
+            self._arrivals.append([now, 1])
+        while now - self._arrivals[0][0] > 1.0:
+            self._arrivals.popleft()
         if self.recording is not None:
             self.recording.append(frame)
             if len(self.recording) >= RECORD_LIMIT:
@@ -330,6 +344,7 @@ class ViewerWindow:
     def _go(self, index: int):
         if not self.history:
             return
+        self.step_pending = False  # moving cancels a step still waiting for a frame
         self.cursor = max(self._first(), min(self.total - 1, index))
         self._show(self._at(self.cursor))
 
@@ -346,6 +361,8 @@ class ViewerWindow:
 
     def step(self):
         """One frame forward; at the newest frame, wait for the next one and stop there."""
+        if not self.history:
+            return  # no frame to step from: stay live
         if self.cursor is None:
             self.cursor = self.total - 1
         if self.cursor < self.total - 1:
@@ -388,7 +405,8 @@ class ViewerWindow:
             self.say("nothing to save yet")
             return
         diff = self.showing_diff
-        stem = f"neuralflow_{frame.session:016x}_{frame.seq:06d}_step{frame.step}" + ("_diff" if diff else "")
+        stem = self._free_name(f"neuralflow_{frame.session:016x}_{frame.seq:06d}_step{frame.step}"
+                               + ("_diff" if diff else ""), (".png", "_guide.png"))
         shown = frame.replace(pixels=self.shown_pixels)
         palette = "diverging" if diff else self.palette
         try:
@@ -406,25 +424,38 @@ class ViewerWindow:
             self.recording, self.record_palette = [], self.palette
             self.say(f"recording ({self.record_format}, {self.record_fps:g} fps)")
             return
-        frames, self.recording = self.recording, None
+        # The writer keeps its own palette: the next r sets record_palette anew while it writes.
+        frames, palette, self.recording = self.recording, self.record_palette, None
         if not frames:
             self.say("recording stopped: no frames arrived")
             return
         suffix = ".png" if self.record_format == "apng" else ".gif"
-        path = self.out_dir / f"neuralflow_{time.strftime('%Y%m%d_%H%M%S')}_{len(frames)}f{suffix}"
+        stem = self._free_name(f"neuralflow_{time.strftime('%Y%m%d_%H%M%S')}_{len(frames)}f", (suffix,))
+        path = self.out_dir / f"{stem}{suffix}"
         self.say(f"writing {len(frames)} frames to {path} ...")
 
         def write():  # off the Tk thread; reports back through self._messages
             try:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
-                write_animation(frames, path, palette=self.record_palette, fps=self.record_fps, text=True)
+                write_animation(frames, path, palette=palette, fps=self.record_fps, text=True)
                 self._messages.append(f"recording saved: {path}")
                 self.saved.append(path)
             except Exception as e:
                 self._messages.append(f"recording failed: {e}")
 
-        self._writer = threading.Thread(target=write, name="neuralflow-record", daemon=True)
-        self._writer.start()
+        writer = threading.Thread(target=write, name="neuralflow-record", daemon=True)
+        writer.start()  # now, before the next key: its path counts as taken from here on
+        self._writers = [w for w in self._writers if w[0].is_alive()] + [(writer, path)]
+
+    def _free_name(self, stem: str, suffixes: tuple[str, ...]) -> str:
+        """`stem`, or stem_2, stem_3 ...: the first with no stem+suffix on disk or being written."""
+        writing = {path for thread, path in self._writers if thread.is_alive()}
+        name, n = stem, 1
+        while any((self.out_dir / f"{name}{s}").exists() or self.out_dir / f"{name}{s}" in writing
+                  for s in suffixes):
+            n += 1
+            name = f"{stem}_{n}"
+        return name
 
     def say(self, message: str):
         """Status line, and one line on stderr for logs and tests (repeats are not reprinted)."""
@@ -447,7 +478,7 @@ class ViewerWindow:
         stats = getattr(self.source, "stats", {}) or {}
         now = time.monotonic()
         fps = sum(1 for t in self._shown_times if now - t < 1.0)
-        rate = sum(1 for t in self._recv_times if now - t < 1.0)
+        rate = sum(n for t, n in self._arrivals if now - t < 1.0)
         lag = f"{np.median(self._lags):.1f} ms" if self._lags else "-"
         if self.cursor is None:
             mode = "live"
@@ -471,10 +502,26 @@ class ViewerWindow:
                         f"dropped {stats.get('gaps', 0)} - rejected {stats.get('rejected', 0)}")
 
     def close(self):
+        """Stop taking frames; the window goes once every recording being written is on disk
+        (the writers are daemon threads: one cut off at exit leaves an empty file)."""
+        if self._closing:
+            return
+        self._closing = True
         for handle in (self._after, self._tick_after):
             self.root.after_cancel(handle)
         if self.recording is not None:
             self.toggle_recording()
-        if self._writer is not None:  # let a recording being written finish
-            self._writer.join(timeout=60)
-        self.root.destroy()
+        self._close_when_written()
+
+    def _close_when_written(self, said: int = 0):
+        while self._messages:
+            self.say(self._messages.pop(0))
+        writing = sum(thread.is_alive() for thread, _ in self._writers)
+        if not writing:
+            self.root.destroy()
+            return
+        if writing != said:  # once per count, not again after each "recording saved"
+            message = f"writing {writing} recording(s)... the window closes when they are on disk"
+            self.say(message)
+            self.root.title(f"neuralflow view - {message}")
+        self.root.after(50, self._close_when_written, writing)  # waits in the Tk loop: the window still redraws
