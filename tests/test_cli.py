@@ -406,6 +406,11 @@ def test_record_then_export_and_replay(tmp_path):
     seqs = [f.seq for f in recording]
     assert seqs == list(range(seqs[0], seqs[0] + 10))
     np.testing.assert_array_equal(recording[3].pixels, sent[seqs[3]].pixels)
+    more = tmp_path / "more.nfrec"  # recording into an existing file says it appended
+    shutil.copy(path, more)
+    recorder, err = fed(endpoint, ["record", "--connect", endpoint, "--out", str(more), "--count", "5"], sent)
+    assert recorder.returncode == 0 and "appended 5 frames" in err and "now holds 15" in err
+    assert len(Recording(more)) == 15
 
     result = run(["export", str(path), "--gif", str(tmp_path / "run.gif"), "--png-dir", str(tmp_path / "pngs"),
                   "--zoom", "2", "--palette", "viridis"])
@@ -425,6 +430,7 @@ def test_headless_view_and_record_stop_by_count_and_duration(tmp_path):
     viewer, err = fed(endpoint, ["view", "--headless", "--connect", endpoint, "--count", "4", "--out",
                                  str(tmp_path / "live")], frames(600))
     assert viewer.returncode == 0, err
+    assert f"waiting for frames on {endpoint}" in err  # said at once, not only at the end
     assert len(list((tmp_path / "live").glob("frame_*.png"))) == 4
     started = time.monotonic()  # nobody publishing: --duration ends it with an empty recording
     result = run(["record", "--connect", free_endpoint(), "--out", str(tmp_path / "quiet.nfrec"),
@@ -562,6 +568,7 @@ def test_flags_that_cannot_apply_are_one_line(tmp_path):
     user_error(run(["view", "--replay", str(path), "--headless", "--duration", "1"]), "--duration stops a live view")
     user_error(run(["view", "--connect", "tcp://127.0.0.1:1", "--count", "3"]), "stop a --headless view")
     user_error(run(["demo", "--train", "--seed", "-1"]), "0 to 2**32 - 1")
+    user_error(run(["view", "--replay", str(path), "--headless", "--loop"]), "--loop replays in the window")
     assert run(["export", str(path), "--gif", str(tmp_path / "slow.gif"), "--fps", "1e-300"]).returncode == 0
     with Image.open(tmp_path / "slow.gif") as gif:
         assert gif.info["duration"] == 655350  # GIF's longest delay, not a crash
@@ -626,3 +633,14 @@ def test_a_temperature_that_is_no_temperature_is_refused(tmp_path, temperature):
     (tmp_path / "config.json").write_text("{}")
     user_error(run(["generate", "--model", str(tmp_path), "--prompt", "x", "--no-publish",
                     "--temperature", temperature]), "--temperature")
+
+
+def test_warnings_are_one_line(tmp_path):
+    """Binding all interfaces warns; the command line shows the message, not a source line."""
+    (tmp_path / "config.json").write_text("{}")
+    port = free_endpoint().rsplit(":", 1)[1]
+    result = run(["generate", "--model", str(tmp_path), "--prompt", "x", "--publish", f"tcp://*:{port}",
+                  "--temperature", "-1"])
+    warned = [line for line in result.stderr.splitlines() if "all network interfaces" in line]
+    assert len(warned) == 1 and warned[0].startswith("neuralflow: warning: neuralflow publisher binds")
+    assert "cli.py" not in result.stderr and "return Publisher" not in result.stderr

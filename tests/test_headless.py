@@ -108,15 +108,15 @@ def test_record_headless_over_a_real_publisher(tmp_path, capsys):
     assert result["frames"] == 7 and result["stats"]["gaps"] == 0
     pngs = sorted((tmp_path / "out").glob("frame_*.png"))
     assert pngs == result["pngs"] and len(pngs) == 7
-    for frame, png in zip(frames, pngs):
+    for frame, png in zip(frames, pngs):  # zoomed as export zooms: 7 x 40 = 280, at least 256 wide
         with Image.open(png) as image:
-            assert image.size == (40, 24)
-            np.testing.assert_array_equal(np.asarray(image.convert("RGB")), np.asarray(colorize(frame)))
+            assert image.size == (280, 168)
+            np.testing.assert_array_equal(np.asarray(image.convert("RGB")), np.asarray(colorize(frame, zoom=7)))
     assert result["gif"] == tmp_path / "out" / "animation.gif"
     got = frames_of(result["gif"])
-    assert len(got) == 7 and got[0].shape == (24 + CAPTION, 40, 3)
+    assert len(got) == 7 and got[0].shape == (168 + CAPTION, 280, 3)
     for frame, image in zip(frames, got):
-        np.testing.assert_array_equal(image[:24], np.asarray(colorize(frame)))
+        np.testing.assert_array_equal(image[:168], np.asarray(colorize(frame, zoom=7)))
     assert str(tmp_path / "out") in capsys.readouterr().err
 
 

@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 from .palette import PALETTES
@@ -186,6 +187,8 @@ def cmd_view(args) -> int:
 
         if args.duration is not None:
             raise UserError("--duration stops a live view; a replay ends with its recording (--count N: its first N frames)")
+        if args.loop and args.headless:
+            raise UserError("--loop replays in the window; --headless writes the recording's frames once")
         recording = open_recording(args.replay)
         if args.headless:
             out = Path(args.out or "neuralflow-replay")
@@ -201,9 +204,10 @@ def cmd_view(args) -> int:
     if args.headless:
         from .record import record_headless
 
-        if args.count is None and args.duration is None:
-            print("neuralflow view: recording until Ctrl-C (use --count or --duration to stop by itself)",
-                  file=sys.stderr)
+        until = ("" if args.count is not None or args.duration is not None
+                 else " until Ctrl-C (use --count or --duration to stop by itself)")
+        print(f"neuralflow view: waiting for frames on {', '.join(endpoints)}, writing PNGs to "
+              f"{args.out or 'neuralflow-frames'}{until}", file=sys.stderr)
         with _kill_as_ctrl_c():
             record_headless(endpoints, args.out or "neuralflow-frames", count=args.count,
                             duration=args.duration, palette=args.palette, fps=args.fps or 15.0)
@@ -368,8 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning for the command line: the message, not the source line that warned."""
+    print(f"neuralflow: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    warnings.showwarning = _one_line_warning
     try:
         if argv[:1] == ["bench"]:  # its flags belong to the suite's own parser
             return cmd_bench(argv[1:])

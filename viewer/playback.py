@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from .recording import Recording, RecordingError, RecordingWriter
-from .record import drop_stale_frames, rejected_note, save_png, write_animation
+from .record import default_zoom, drop_stale_frames, rejected_note, save_png, write_animation
 
 
 def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int | None = None,
@@ -72,8 +72,9 @@ def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int |
     if tty:
         say("")
     rejected = rejected_note(stats, sub.last_error)
-    say(f"neuralflow record: wrote {writer.frames} frames to {path} ({stats['gaps']} dropped upstream"
-        f"{'; ' + rejected if rejected else ''})")
+    wrote = (f"appended {writer.frames} frames to {path}, which now holds {writer.before + writer.frames}"
+             if writer.before else f"wrote {writer.frames} frames to {path}")
+    say(f"neuralflow record: {wrote} ({stats['gaps']} dropped upstream{'; ' + rejected if rejected else ''})")
     return {"path": Path(path), "frames": writer.frames, "stats": stats}
 
 
@@ -189,8 +190,8 @@ def export(path: str | Path, *, gif: str | Path | None = None, png_dir: str | Pa
     if not frames:
         raise RecordingError(f"{path} holds no readable frame (damage hit all {len(recording)} records)")
     tallest, widest = max(f.height for f in frames), max(f.width for f in frames)
-    if zoom is None:  # at most 4096 px tall
-        zoom = max(1, min(-(-256 // widest), 4096 // tallest))
+    if zoom is None:
+        zoom = default_zoom(widest, tallest)
     elif zoom * max(tallest, widest) > MAX_SIDE:
         raise RecordingError(f"zoom {zoom} makes {widest} x {tallest} pictures {zoom * widest} x "
                              f"{zoom * tallest} px; at most {MAX_SIDE} a side (zoom {MAX_SIDE // max(tallest, widest)} or less)")

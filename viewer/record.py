@@ -139,12 +139,19 @@ def rejected_note(stats: dict, last_error: str | None) -> str:
     return f"rejected {stats['rejected']} messages: {last_error}" if stats["rejected"] else ""
 
 
+def default_zoom(width: int, height: int) -> int:
+    """The integer zoom that makes a width x height picture at least 256 px wide (its caption
+    readable), but no taller than 4096 px."""
+    return max(1, min(-(-256 // width), 4096 // height))
+
+
 def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, count: int | None = None,
                     duration: float | None = None, palette: str = "seed", gif: bool = True,
                     guide: bool = False, text: bool = True, gif_frames: int = 1000, fps: float = 15.0,
-                    quiet: bool = False) -> dict:
+                    zoom: int | None = None, quiet: bool = False) -> dict:
     """Subscribe to `endpoints` and write each frame as out_dir/frame_NNNNNN.png, then
-    out_dir/animation.gif (the last `gif_frames` frames at `fps`, captioned when `text`).
+    out_dir/animation.gif (the last `gif_frames` frames at `fps`, captioned when `text`), all
+    zoomed by `zoom` (None: default_zoom of the first frame, as `export` does).
 
     Stops after `count` frames, after `duration` seconds, or on Ctrl-C (at least one of count
     and duration is wise on a server). Needs no display. Returns {"dir", "pngs", "gif",
@@ -162,7 +169,9 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
         while (count is None or len(pngs) < count) and (duration is None or time.monotonic() - start < duration):
             frame = sub.recv(timeout=0.05)
             if frame is not None:
-                pngs.append(save_png(frame, out / f"frame_{len(pngs):06d}.png", palette=palette, guide=guide))
+                zoom = zoom or default_zoom(frame.width, frame.height)
+                pngs.append(save_png(frame, out / f"frame_{len(pngs):06d}.png", palette=palette, guide=guide,
+                                     zoom=zoom))
                 kept.append(frame)
                 first = first or frame
     except KeyboardInterrupt:  # Ctrl-C ends the recording; the animation is still written
@@ -170,7 +179,7 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
     finally:
         stats, last_error = sub.stats, sub.last_error
         sub.close()
-    animation = (write_animation(kept, out / "animation.gif", palette=palette, fps=fps, text=text)
+    animation = (write_animation(kept, out / "animation.gif", palette=palette, fps=fps, zoom=zoom, text=text)
                  if gif and kept else None)
     stale = drop_stale_frames(pngs)
     if not quiet:
@@ -219,7 +228,7 @@ def export_timeline(frames: list[Frame], out_dir, *, mode: str = "plain", palett
         return f"{template.format(frame.step)}  {frame.meta.get('label', '')}".strip()
 
     if zoom is None:
-        zoom = max(1, -(-256 // shown[0].width))
+        zoom = default_zoom(shown[0].width, shown[0].height)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pngs = []

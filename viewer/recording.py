@@ -64,14 +64,16 @@ class RecordingWriter:
 
     A cut-off last record, left by a crash, is removed first so that what is appended stays
     readable (`cut_bytes` says how many bytes went); nothing else already there is touched.
+    `before`: how many records the file held already.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        self.cut_bytes = 0
+        self.cut_bytes = self.before = 0
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
             existing = Recording(self.path)
+            self.before = len(existing)
             if existing.truncated:
                 self.cut_bytes = os.path.getsize(self.path) - existing.end
                 os.truncate(self.path, existing.end)
