@@ -369,7 +369,9 @@ def _generate_in_window(model, tokenizer, cfg, sinks, reference, args, say) -> d
             source.finished = True
 
     root = tkinter.Tk()
-    ViewerWindow(root, source, out_dir=getattr(args, "out", None) or "neuralflow-demo", where="(demo)")
+    # the window's status lines stay in the window: on stderr they would split the streamed text
+    ViewerWindow(root, source, out_dir=getattr(args, "out", None) or "neuralflow-demo", where="(demo)",
+                 echo=False)
     worker = threading.Thread(target=work, name="neuralflow-demo", daemon=True)
     worker.start()
     say("the viewer window is open; close it (q) to finish")

@@ -668,3 +668,16 @@ def test_the_in_rate_counts_every_arrival(root, tmp_path):
     view._update_stats()
     assert time.monotonic() - start < 0.9, "too slow to check a rate over one second"
     assert "shown, 2000 in" in view.stats_label.cget("text")
+
+
+@pytest.mark.parametrize("echo", [True, False])
+def test_status_lines_reach_stderr_unless_told_not_to(root, tmp_path, capsys, echo):
+    """The demo streams its text on the terminal and keeps the window's status in the window."""
+    from neuralflow.viewer.window import ViewerWindow
+
+    source = Frames()
+    source.queue.append(make_frame(0, 1))
+    view = ViewerWindow(root, source, out_dir=tmp_path, echo=echo)
+    run_until(root, lambda: view.total > 0, "a first frame")
+    assert "first frame" in view.status_label.cget("text")
+    assert ("neuralflow view: first frame" in capsys.readouterr().err) == echo

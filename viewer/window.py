@@ -56,8 +56,9 @@ class ViewerWindow:
 
     def __init__(self, root: tk.Tk, source, *, palette: str = "seed", history: int = 512,
                  out_dir: str | Path = ".", record_fps: float = 15.0, record_format: str = "gif",
-                 poll_ms: int = 4, where: str = ""):
+                 poll_ms: int = 4, where: str = "", echo: bool = True):
         lut(palette)  # unknown names fail here, not in the loop
+        self.echo = echo  # status lines on stderr too (off where stderr is busy, as in the demo)
         self.root, self.source = root, source
         self.palette, self.out_dir, self.poll_ms, self.where = palette, Path(out_dir), poll_ms, where
         self.record_fps, self.record_format = record_fps, record_format
@@ -461,7 +462,8 @@ class ViewerWindow:
         """Status line, and one line on stderr for logs and tests (repeats are not reprinted)."""
         if message != self.status_label.cget("text"):
             self.status_label.configure(text=message)
-            print(f"neuralflow view: {message}", file=sys.stderr, flush=True)
+            if self.echo:
+                print(f"neuralflow view: {message}", file=sys.stderr, flush=True)
 
     # ---- stats ------------------------------------------------------------------------------------
 
