@@ -5,7 +5,8 @@
     python -m neuralflow.benchmarks.gpu --device cpu --quick --small   # dry run of the logic
 
 Sections, in this order (each in try/except: a failure is recorded and the next one runs; the
-JSON and the table are rewritten after every section, so a run cut short keeps what it got):
+JSON and the table are rewritten after every section, and overhead:static's timing before its
+frames-vs-eager check, so a run cut short keeps what it got):
   correctness      Engine frames against `render` of the same states recorded independently
                    by a second set of hooks during the same generate (a few steps; seed and
                    reference norms, the two frame-math variants an Engine may replay), and the
@@ -56,7 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuralflow.benchmarks.report import environment, tables, write_json
+from neuralflow.benchmarks.report import capture_problems, environment, tables, verdict, write_json
 
 
 @dataclass
@@ -330,13 +331,15 @@ def _static_frames_vs_eager(model, ids, steps: int) -> dict:
             "max_pixels_differing": max((r["pixels_differing"] for r in rows), default=None)}
 
 
-def overhead_static(model, ids, cfg: GpuConfig, deadline: float) -> dict:
+def overhead_static(model, ids, cfg: GpuConfig, deadline: float, keep=lambda partial: None) -> dict:
     """Static-cache (compiled) generate, none / neuralflow interleaved, with compile diagnostics.
 
     neuralflow.engine turns on torch._dynamo's guards on module hooks, so attaching and detaching
     retrace once and then reuse both variants; "capture_complete" says whether every timed
     forward produced a frame that reached the subscriber ("capture_problems" says what did not),
-    and the Engine's "stale" count whether any frame repeated."""
+    and the Engine's "stale" count whether any frame repeated. keep(partial) is called with the
+    timed result before the frames-vs-eager check, which builds a fresh Engine and may retrace and
+    record CUDA graphs near the deadline: a run cut short there still has the timing."""
     from neuralflow.benchmarks.overhead import measure_overhead
 
     with _CompileWatch() as watch:
@@ -352,48 +355,14 @@ def overhead_static(model, ids, cfg: GpuConfig, deadline: float) -> dict:
             result["cudagraph_recordings_in_measure"] = watch.recordings
         except Exception:
             result = {"error": traceback.format_exc()}
+        keep({**result, "compile": watch.report(),
+              "frames_vs_eager": {"error": "not finished: the run ended during this check"}})
         try:
             result["frames_vs_eager"] = _static_frames_vs_eager(model, ids, cfg.correctness_steps)
         except Exception:
             result["frames_vs_eager"] = {"error": traceback.format_exc()}
     result["compile"] = watch.report()
     return result
-
-
-LIMIT = 1.01  # the overhead goals: at most 1 % per token
-
-
-def verdict(ratios: list[dict]) -> str:
-    """"met" when the upper quartile of every ratio is within LIMIT, "missed" when the lower
-    quartile of one is above it, else "inconclusive" (the spread straddles the goal)."""
-    if all(r["p75"] <= LIMIT for r in ratios):
-        return "met"
-    if any(r["p25"] > LIMIT for r in ratios):
-        return "missed"
-    return "inconclusive"
-
-
-def capture_problems(section: dict) -> list[str]:
-    """Why the "neuralflow" runs of an overhead section did not do all a watched generate does
-    (frames missing, dropped or failed, no live subscriber): each one makes them cheaper."""
-    counts = section["variants"]["neuralflow"]["counts"]
-    reps, tokens = section["config"]["reps"], section["config"]["new_tokens"]
-    expected = reps * tokens
-    problems = []
-    if counts.get("captured") != expected:
-        problems.append(f"{counts.get('captured')} of {expected} frames captured")
-    if counts.get("dropped") or counts.get("delivered") != counts.get("captured"):
-        problems.append(f"{counts.get('dropped')} dropped, {counts.get('delivered')} delivered")
-    if counts.get("errors"):
-        problems.append(f"capture failed in {counts['errors']} runs")
-    if counts.get("partial") or counts.get("stale"):  # hooks that did not run, or stale states
-        problems.append(f"{counts.get('partial', 0)} forwards without a picture, "
-                        f"{counts.get('stale', 0)} stale frames")
-    if "error" in section.get("subscriber", {}):
-        problems.append(section["subscriber"]["error"])
-    elif counts.get("subscribed", 0) < reps:
-        problems.append(f"a live subscriber in {counts.get('subscribed', 0)} of {reps} runs")
-    return problems
 
 
 def _pct(ratio: dict) -> str:
@@ -525,6 +494,10 @@ def main(argv=None) -> int:
         write_json(result, out_dir / "gpu.json")
         (out_dir / "gpu.txt").write_text(tables(result) + "\n\n" + _summary(result) + "\n")
 
+    def keep(name, partial):  # a section's result so far, saved in case the run is cut short
+        result[name] = partial
+        save()
+
     model = ids = None
     try:
         _log(f"building {result['model']['preset']} ({args.dtype}) on {args.device} ...")
@@ -558,7 +531,8 @@ def main(argv=None) -> int:
             model, ids, cfg.new_tokens, cfg.reps, BREAKDOWN, warmup=cfg.warmup, progress=_log,
             deadline=time.monotonic() + left - 20),
         "memory": lambda left: measure_memory(model, ids, cfg.memory_tokens, cfg.memory_chunk, progress=_log),
-        "overhead:static": lambda left: overhead_static(model, ids, cfg, time.monotonic() + left - 30),
+        "overhead:static": lambda left: overhead_static(model, ids, cfg, time.monotonic() + left - 30,
+                                                        keep=lambda partial: keep("overhead:static", partial)),
     }
     limits = {**MIN_SECONDS, **OPTIONAL}
     for name in limits:

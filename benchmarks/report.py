@@ -5,7 +5,9 @@
     print(tables(result))
     write_json(result, "bench.json")
 
-Every section is optional; one holding {"error": ...} is printed as that error.
+Every section is optional; one holding {"error": ...} is printed as that error. Also the checks
+the CPU suite and the GPU script share: `verdict` (an overhead goal against the spread of its
+ratios) and `capture_problems` (why the "neuralflow" runs did less than a watched generate).
 """
 
 from __future__ import annotations
@@ -69,26 +71,82 @@ def _ratio_cells(r: dict) -> list[str]:
     return [f"{r['median']:.3f}", f"{r['p25']:.3f}-{r['p75']:.3f}", f"{r['p10']:.3f}-{r['p90']:.3f}"]
 
 
+LIMIT = 1.01  # the GPU overhead goals: at most 1 % per token
+
+
+def verdict(ratios: list[dict], limit: float = LIMIT) -> str:
+    """"met" when the upper quartile of every ratio is within `limit`, "missed" when the lower
+    quartile of one is above it, else "inconclusive" (the spread straddles the goal)."""
+    if all(r["p75"] <= limit for r in ratios):
+        return "met"
+    if any(r["p25"] > limit for r in ratios):
+        return "missed"
+    return "inconclusive"
+
+
+def capture_problems(section: dict) -> list[str]:
+    """Why the "neuralflow" runs of an overhead section did not do all a watched generate does
+    (frames missing, dropped or failed, no live subscriber): each one makes them cheaper."""
+    counts = section["variants"]["neuralflow"]["counts"]
+    reps, tokens = section["config"]["reps"], section["config"]["new_tokens"]
+    expected = reps * tokens
+    problems = []
+    if counts.get("captured") != expected:
+        problems.append(f"{counts.get('captured')} of {expected} frames captured")
+    if counts.get("dropped") or counts.get("delivered") != counts.get("captured"):
+        problems.append(f"{counts.get('dropped')} dropped, {counts.get('delivered')} delivered")
+    if counts.get("errors"):
+        problems.append(f"capture failed in {counts['errors']} runs")
+    if counts.get("partial") or counts.get("stale"):  # hooks that did not run, or stale states
+        problems.append(f"{counts.get('partial', 0)} forwards without a picture, "
+                        f"{counts.get('stale', 0)} stale frames")
+    if "error" in section.get("subscriber", {}):
+        problems.append(section["subscriber"]["error"])
+    elif counts.get("subscribed", 0) < reps:
+        problems.append(f"a live subscriber in {counts.get('subscribed', 0)} of {reps} runs")
+    return problems
+
+
+def overhead_checks(o: dict, limit: float | None = None) -> str:
+    """What the "neuralflow" runs captured and delivered, what went wrong, and with `limit` the
+    step ratio's goal: a run that captured less looks cheaper, so it is never "met"."""
+    counts, reps = o["variants"]["neuralflow"]["counts"], o["config"]["reps"]
+    received = o.get("subscriber", {}).get("received", "-")
+    lines = [f"capture (neuralflow runs): {counts.get('captured')} of {reps * o['config']['new_tokens']} "
+             f"frames captured, {counts.get('delivered')} delivered, {counts.get('dropped')} dropped, "
+             f"failed in {counts.get('errors', 0)} of {reps} runs;\n  subscriber live in "
+             f"{counts.get('subscribed', 0)} of {reps} runs, received {received} frames (warm-up included)"]
+    problems = capture_problems(o)
+    if problems:
+        lines.append("CAPTURE PROBLEMS (the times understate the cost): " + "; ".join(problems))
+    if limit is not None:
+        step = o["variants"]["neuralflow"]["step_ratio"]
+        lines.append(f"goal <= {100 * (limit - 1):.0f} % per token: step x {step['median']:.3f} (IQR "
+                     f"{step['p25']:.3f}-{step['p75']:.3f}, n {step['n']}; met when its upper quartile <= "
+                     f"{limit}): " + ("invalid (capture problems)" if problems else verdict([step], limit)))
+    return "\n".join(lines)
+
+
 def overhead_table(o: dict) -> str:
     c = o["config"]
     rows = []
     for name, v in o["variants"].items():
-        rows.append([name, f"{v['per_token_ms']['median']:.2f}", *_ratio_cells(v["ratio"]),
-                     f"{v['step_ms']['median']:.2f}", *_ratio_cells(v["step_ratio"]),
+        rows.append([name, f"{v['per_token_ms']['median']:.2f}", *_ratio_cells(v["ratio"])[:2],
+                     f"{v['step_ms']['median']:.2f}", *_ratio_cells(v["step_ratio"])[:2],
                      f"{v['fastest_step_ratio']:.3f}", f"{v['cpu_ms']['median']:.2f}",
-                     *_ratio_cells(v["cpu_ratio"])[:2]])
+                     *_ratio_cells(v["cpu_ratio"])[:2], v["step_ratio"].get("n", 0)])
     head = (f"Per-token cost inside generate: {c['new_tokens']} new tokens, {c['reps']} interleaved reps "
             f"(+{c['warmup']} warm-up), {c['device']} {c['dtype']}"
             + (f", {c['generate_kwargs']}" if c.get("generate_kwargs") else ""))
-    note = ("wall: whole call / tokens; step: median decode-step interval (+ rendering after generate).\n"
-            "ratio: to the adjacent 'none' runs (median, IQR, p10-p90); the 'none' row is the noise "
-            "floor (each none run over the previous one).\nfastest: fastest step rep over the fastest "
-            "'none' step rep (interference only adds time).\ncpu: the generating thread's CPU time "
-            "per token (blind to preemption and GIL waits), its ratio to the adjacent 'none' runs and IQR.")
+    note = ("wall: whole call / tokens; step: median decode-step interval (+ rendering after generate);\n"
+            "cpu: the generating thread's CPU time per token (blind to preemption and GIL waits).\n"
+            "x: median ratio to the adjacent 'none' runs; IQR: its p25-p75 (p10-p90 in the JSON);\n"
+            "n: runs per ratio. The 'none' row is the noise floor: each none run over the previous one.\n"
+            "best x: the fastest step rep over the fastest 'none' step rep (interference only adds time).")
     if c.get("step_clock") is False:
         note += "\nstep here: the whole generate call per token, as wall (no step clock in compiled code)."
-    header = ["variant", "wall ms/tok", "ratio", "IQR", "p10-p90", "step ms", "ratio", "IQR", "p10-p90",
-              "fastest", "cpu ms", "ratio", "IQR"]
+    header = ["variant", "wall ms", "wall x", "wall IQR", "step ms", "step x", "step IQR", "best x",
+              "cpu ms", "cpu x", "cpu IQR", "n"]
     names = list(o["variants"])
     delivery = {n: v["delivery_cpu_us"] for n, v in o["variants"].items() if v.get("delivery_cpu_us")}
     if delivery:
@@ -128,6 +186,8 @@ def memory_table(m: dict) -> str:
     head = (f"Memory over {m['tokens']} tokens ({m['tokens'] // m['chunk']} generate calls of {m['chunk']}); "
             f"RSS added by capture {m['rss_added_mib']:+.1f} MiB"
             + (f", CUDA peak added {m['cuda_peak_added_mib']:+.1f} MiB" if "cuda_peak_added_mib" in m else "")
+            + (f"; RSS slope over none {m['rss_slope_over_none_mib_per_1k_tokens']:+.3f} (flat below "
+               f"{m['flat_threshold_mib_per_1k_tokens']})" if "rss_slope_over_none_mib_per_1k_tokens" in m else "")
             + f"; flat: {m['flat']}")
     return head + "\n" + _table(header, rows)
 
@@ -149,8 +209,11 @@ FORMATTERS = {"overhead": overhead_table, "frame_op": frame_table, "memory": mem
               "hooks": hooks_table}
 
 
-def tables(result: dict) -> str:
-    """All sections of `result` that have a formatter (or an error), as text."""
+def tables(result: dict, checks: dict | None = None) -> str:
+    """All sections of `result` that have a formatter (or an error), as text.
+
+    checks: {overhead section key: goal limit or None}: those sections get overhead_checks'
+    lines under their table (the CPU suite's; the GPU script states its goals apart)."""
     env = result.get("environment", {})
     parts = [f"neuralflow bench  {env.get('date', '')}  torch {env.get('torch')}  "
              f"transformers {env.get('transformers')}  {env.get('gpu') or env.get('cpu')} "
@@ -163,7 +226,10 @@ def tables(result: dict) -> str:
             parts.append(f"[{key}] failed: {section['error'].strip().splitlines()[-1]}")
         elif name in FORMATTERS:
             try:
-                parts.append(f"[{key}]\n" + FORMATTERS[name](section))
+                text = FORMATTERS[name](section)
+                if key in (checks or {}) and "neuralflow" in section.get("variants", {}):
+                    text += "\n" + overhead_checks(section, checks[key])
+                parts.append(f"[{key}]\n" + text)
             except (KeyError, TypeError, ValueError) as err:
                 parts.append(f"[{key}] (cannot format: {err!r})")
     return "\n\n".join(parts)

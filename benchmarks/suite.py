@@ -16,6 +16,11 @@ sdpa, batch 1, on the CPU. Sections (each recorded as {"error": traceback} if it
              through real module calls, against the same calls without hooks
   memory     memory.measure_memory over 1,000 generated tokens (300 for the baseline)
 Progress goes to stderr, the table to stdout, everything to --json. See benchmarks/RESULTS.md.
+Under each overhead table: what the neuralflow runs captured and delivered, any capture problems,
+and for "overhead" the CPU goal (at most 3 % per token, CPU_LIMIT) judged on the step ratio's
+spread by report.verdict, as the GPU script judges its goals. The exit status is 1 when a section
+failed or the neuralflow runs captured less than a watched generate does (their times would
+then understate the cost).
 
 Threads: the suite runs torch on one thread by default (--threads). On a small shared machine
 torch's OpenMP workers spin-wait and collapse when other processes take the cores (measured
@@ -34,9 +39,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from neuralflow.benchmarks.report import environment, tables, write_json
+from neuralflow.benchmarks.report import capture_problems, environment, tables, write_json
 
 SECTIONS = ("overhead", "overhead:breakdown", "frame_op", "hooks", "memory")
+CPU_LIMIT = 1.03  # the CPU goal, on the CI model: at most 3 % per token
+CHECKS = {"overhead": CPU_LIMIT, "overhead:breakdown": None}  # the breakdown's tiny model has no goal
 
 
 @dataclass
@@ -118,6 +125,19 @@ def run(config: SuiteConfig, sections=SECTIONS, progress=_log) -> dict:
     return result
 
 
+def problems(result: dict) -> list[str]:
+    """Failed sections and overhead sections whose neuralflow runs did not capture everything."""
+    found = []
+    for key, section in result.items():
+        if not isinstance(section, dict):
+            continue
+        if "error" in section:
+            found.append(f"[{key}] failed")
+        elif key in CHECKS and "neuralflow" in section.get("variants", {}):
+            found += [f"[{key}] {p}" for p in capture_problems(section)]
+    return found
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="neuralflow bench", description=__doc__.split("\n")[0])
     parser.add_argument("--json", help="write the full results here")
@@ -134,10 +154,13 @@ def main(argv=None) -> int:
                  if getattr(args, k) is not None}
     config = replace(PRESETS["quick" if args.quick else "ci"], **overrides)
     result = run(config, args.sections)
-    print(tables(result))
+    print(tables(result, CHECKS))
     if args.json:
         _log(f"wrote {write_json(result, args.json)}")
-    return 1 if any(isinstance(v, dict) and "error" in v for v in result.values()) else 0
+    found = problems(result)
+    if found:
+        _log("neuralflow bench: exit status 1: " + "; ".join(found))
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

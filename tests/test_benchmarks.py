@@ -91,6 +91,87 @@ def test_gpu_verdicts_need_the_spread_and_a_complete_capture():
     assert capture_problems(no_zmq) == ["pyzmq missing: frames went to a no-op sink"]
 
 
+def test_shared_verdict_takes_the_cpu_limit():
+    from neuralflow.benchmarks.report import verdict
+
+    step = {"median": 1.02, "p25": 1.01, "p75": 1.025}
+    assert verdict([step]) == "inconclusive"  # the GPU goal, 1 %
+    assert verdict([step], limit=suite.CPU_LIMIT) == "met"
+    assert verdict([{**step, "p75": 1.04}], limit=suite.CPU_LIMIT) == "inconclusive"
+    assert verdict([{**step, "p25": 1.031, "p75": 1.04}], limit=suite.CPU_LIMIT) == "missed"
+
+
+def _overhead_section(counts: dict, step: dict) -> dict:
+    """A synthetic overhead section: none and neuralflow, 2 reps of 4 tokens."""
+    ratio = {"median": 1.0, "p10": 0.99, "p25": 0.995, "p75": 1.005, "p90": 1.01, "n": 2}
+    times = {"median": 2.0, "p10": 1.9, "p25": 1.95, "p75": 2.05, "p90": 2.1, "n": 2}
+    variant = lambda step_ratio, counts: {
+        "per_token_ms": times, "ratio": ratio, "step_ms": times, "step_ratio": step_ratio,
+        "fastest_step_ratio": 1.0, "cpu_ms": times, "cpu_ratio": ratio, "counts": counts}
+    return {"config": {"new_tokens": 4, "reps": 2, "warmup": 1, "device": "cpu", "dtype": "torch.float32"},
+            "variants": {"none": variant({**ratio, "n": 1}, {}), "neuralflow": variant(step, counts)},
+            "subscriber": {"received": counts["delivered"]}}
+
+
+def test_suite_reports_capture_problems_and_the_cpu_goal(monkeypatch, capsys):
+    """Capture that silently failed shows under the overhead table and fails the run; a complete
+    one gets the three-outcome verdict on the step ratio's spread against 3 %."""
+    complete = dict(captured=8, delivered=8, dropped=0, errors=0, subscribed=2)
+    inside = {"median": 1.01, "p10": 1.0, "p25": 1.005, "p75": 1.02, "p90": 1.03, "n": 2}
+    straddling = {**inside, "p75": 1.04}
+    runs = {"ok": _overhead_section(complete, inside), "wide": _overhead_section(complete, straddling),
+            "broken": _overhead_section({**complete, "captured": 0, "delivered": 0, "errors": 2}, inside)}
+    for name, section in runs.items():
+        monkeypatch.setattr(suite, "run", lambda config, sections: {"overhead": section})
+        status = suite.main(["--quick"])
+        out = capsys.readouterr().out
+        table = out.splitlines()[out.splitlines().index("[overhead]") + 2]
+        assert table.split() == ["variant", "wall", "ms", "wall", "x", "wall", "IQR", "step", "ms", "step", "x",
+                                 "step", "IQR", "best", "x", "cpu", "ms", "cpu", "x", "cpu", "IQR", "n"]
+        assert max(map(len, out.splitlines()[3:8])) < 110
+        if name == "broken":
+            assert status == 1
+            assert "capture (neuralflow runs): 0 of 8 frames captured, 0 delivered" in out
+            assert "CAPTURE PROBLEMS" in out and "capture failed in 2 runs" in out
+            assert out.rstrip().endswith("invalid (capture problems)")
+        else:
+            assert status == 0 and "CAPTURE PROBLEMS" not in out
+            assert "8 of 8 frames captured, 8 delivered" in out
+            assert out.rstrip().endswith({"ok": ": met", "wide": ": inconclusive"}[name])
+            assert "n 2; met when its upper quartile <= 1.03" in out
+
+
+def test_memory_flatness_catches_a_small_leak(monkeypatch):
+    """A leak of 1.3 KiB per frame (+1.3 MiB per 1k tokens; the old absolute 2 MiB rule let it
+    pass) is not flat; the same run without it is (measured: +0.15 at most)."""
+    import mmap
+
+    from neuralflow.benchmarks import memory
+    from neuralflow.benchmarks.models import PRESETS, build, prompt_ids
+    from neuralflow.engine import Engine
+
+    kept = []
+
+    class Leaky(Engine):
+        def _ship(self):
+            super()._ship()
+            if self.stats["captured"] % 3 == 0:
+                # a fresh resident page, not malloc: that could fill heap left free by earlier tests unseen
+                page = mmap.mmap(-1, 4096)
+                page[0] = 1
+                kept.append(page)
+
+    model = build(PRESETS["tiny"])
+    ids = prompt_ids(model, 4)
+    monkeypatch.setattr(memory, "Engine", Leaky)
+    # 400 tokens: a stray 0.1 MiB heap step moves a slope by 0.25 at most, half the threshold
+    leaking = memory.measure_memory(model, ids, tokens=400, chunk=20, baseline_tokens=200)
+    assert len(kept) >= 120 and not leaking["flat"], leaking["rss_slope_over_none_mib_per_1k_tokens"]
+    monkeypatch.setattr(memory, "Engine", Engine)
+    sound = memory.measure_memory(model, ids, tokens=400, chunk=20, baseline_tokens=200)
+    assert sound["flat"], sound["rss_slope_over_none_mib_per_1k_tokens"]
+
+
 def test_overhead_needs_the_baseline():
     with pytest.raises(ValueError, match="include 'none'"):
         measure_overhead(None, None, variants=("neuralflow", "seed"))
