@@ -214,7 +214,8 @@ def test_frame_math_compiles_at_attach_not_during_generation(monkeypatch):
     "seed") are both ready."""
     import neuralflow.engine.capture as capture
     monkeypatch.setattr(capture, "fused_by_default", lambda device: True)  # the CUDA path
-    model = tiny("mistral", num_hidden_layers=2, hidden_size=96)  # a shape no other test compiled
+    torch._dynamo.reset()  # nothing compiled by earlier tests (or an earlier run of this one)
+    model = tiny("mistral", num_hidden_layers=2, hidden_size=96)
     ids = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(6))
     frames = []
     engine = Engine(model, width=32, norm="reference", on_frame=frames.append, strict=True)
