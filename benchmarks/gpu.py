@@ -305,6 +305,18 @@ class _CompileWatch:
                              or "graph break" in m.lower()][:60]}
 
 
+def _static_kwargs(device) -> dict:
+    """generate() kwargs for the static-cache compiled path. transformers compiles its decode
+    step on CUDA only; the CPU dry run asks for it too, so that it exercises the same path
+    (retraces, hook guards, frames) before a GPU run does."""
+    if torch.device(device).type == "cuda":
+        return {"cache_implementation": "static"}
+    from transformers import CompileConfig
+    config = CompileConfig()
+    config._compile_all_devices = True
+    return {"cache_implementation": "static", "compile_config": config}
+
+
 def _static_frames_vs_eager(model, ids, steps: int) -> dict:
     """Frames captured under the static-cache compiled generate against eager capture, same prompt.
 
@@ -314,7 +326,7 @@ def _static_frames_vs_eager(model, ids, steps: int) -> dict:
     from neuralflow.engine import Engine
 
     runs = {}
-    for name, extra in (("static", {"cache_implementation": "static"}), ("eager", {})):
+    for name, extra in (("static", _static_kwargs(ids.device)), ("eager", {})):
         frames = []
         with Engine(model, on_frame=frames.append) as engine:
             model.generate(ids, **greedy_kwargs(steps), **extra)
@@ -347,7 +359,7 @@ def overhead_static(model, ids, cfg: GpuConfig, deadline: float, keep=lambda par
             result = measure_overhead(model, ids, cfg.new_tokens, cfg.static_reps, ("none", "neuralflow"),
                                       warmup=cfg.static_warmup, deadline=deadline, progress=_log,
                                       step_clock=False,  # a timing hook would join the compiled graph
-                                      generate_kwargs={"cache_implementation": "static"})
+                                      generate_kwargs=_static_kwargs(ids.device))
             result["capture_problems"] = capture_problems(result)
             result["capture_complete"] = not result["capture_problems"]
             result["frames_expected"] = result["config"]["reps"] * cfg.new_tokens

@@ -195,6 +195,7 @@ def test_gpu_script_dry_run_fills_every_section(tmp_path):
     assert result["correctness"]["ok"] and result["correctness"]["frames"] == 3
     static = result["overhead:static"]
     assert static["capture_complete"] and static["frames_vs_eager"]["max_pixels_differing"] == 0.0
+    assert static["compile"]["counters"].get("unique_graphs", 0) >= 1  # the compiled path, as on a GPU
     assert result["memory"]["neuralflow"]["tokens"][-1] == 12  # (too few to judge flatness)
     text = (tmp_path / "gpu.txt").read_text()
     assert "correctness: ok=True" in text
