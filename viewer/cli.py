@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("view", help="the live window (or --replay a recording; --headless writes PNGs + GIF)")
     p.add_argument("--connect", **connect)
     p.add_argument("--replay", metavar="FILE", help="play a recording instead of a live stream")
-    p.add_argument("--loop", action="store_true", help="replay forever")
+    p.add_argument("--loop", action="store_true", help="replay forever (in the window)")
     p.add_argument("--headless", action="store_true", help="no window: write PNGs and a GIF to --out")
     p.add_argument("--out", metavar="DIR", help="where PNGs/recordings go (window default: ., headless: "
                    "./neuralflow-frames or ./neuralflow-replay)")
