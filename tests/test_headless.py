@@ -191,6 +191,22 @@ def test_rejected_messages_are_reported_not_taken_for_silence(tmp_path, capsys):
     assert "nothing written (rejected" in err and "unsupported wire version 99" in err
 
 
+def test_a_long_export_says_so_when_it_starts(tmp_path, capsys):
+    from neuralflow.viewer.playback import LONG_EXPORT
+
+    path = tmp_path / "long.nfrec"
+    with RecordingWriter(path) as writer:
+        for k in range(LONG_EXPORT):
+            writer.write(make_frame(k))
+    export(path, png_dir=tmp_path / "pngs", count=LONG_EXPORT - 1)
+    first, *_ = capsys.readouterr().err.splitlines()
+    assert "exporting" not in first  # a short one prints its summary only
+    export(path, png_dir=tmp_path / "pngs")
+    first, *rest = capsys.readouterr().err.splitlines()
+    assert first == f"neuralflow: exporting {LONG_EXPORT} frames from {path} ..."
+    assert f"{LONG_EXPORT} frames from" in rest[-1]
+
+
 def test_viewer_runs_with_torch_unimportable(tmp_path):
     script = textwrap.dedent(f"""
         import sys, threading

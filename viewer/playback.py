@@ -176,6 +176,7 @@ class ReplaySource:
 
 
 MAX_SIDE = 65535  # pixels: the most a GIF holds a side
+LONG_EXPORT = 200  # frames: an export this long says so when it starts
 
 
 def export(path: str | Path, *, gif: str | Path | None = None, png_dir: str | Path | None = None,
@@ -186,6 +187,9 @@ def export(path: str | Path, *, gif: str | Path | None = None, png_dir: str | Pa
     makes the picture at least 256 px wide (and its caption readable). Returns {"frames", "gif",
     "pngs", "truncated", "damaged"}."""
     recording = open_recording(path)
+    total = min(len(recording), count or len(recording))
+    if not quiet and total >= LONG_EXPORT:  # seconds, maybe minutes: say so now, not only when done
+        print(f"neuralflow: exporting {total} frames from {path} ...", file=sys.stderr, flush=True)
     frames = list(itertools.islice(recording, count))  # skips damaged records, counting them
     if not frames:
         raise RecordingError(f"{path} holds no readable frame (damage hit all {len(recording)} records)")
