@@ -126,6 +126,13 @@ def test_record_headless_duration_without_publisher(tmp_path, capsys):
     assert "no frames arrived on tcp://127.0.0.1:1" in capsys.readouterr().err
 
 
+def test_record_headless_shows_progress(tmp_path, capsys):
+    frames = [make_frame(k, session=new_session_id()) for k in range(3)]
+    headless_from_a_publisher(frames, tmp_path / "out", every_s=0)  # a line every loop
+    err = capsys.readouterr().err
+    assert "neuralflow: 3 PNGs, 0 dropped upstream, live" in err and "neuralflow: wrote 3 PNGs" in err
+
+
 def test_record_headless_says_it_joined_late(tmp_path, capsys):
     session = new_session_id()
     frames = [make_frame(k, session=session).replace(seq=k + 40) for k in range(3)]

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from .recording import Recording, RecordingError, RecordingWriter
-from .record import default_zoom, drop_stale_frames, rejected_note, save_png, write_animation
+from .record import Progress, default_zoom, drop_stale_frames, rejected_note, save_png, write_animation
 
 
 def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int | None = None,
@@ -35,18 +35,15 @@ def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int |
     """
     from .stream import Subscriber  # here: export and replay need no sockets
 
-    tty = sys.stderr.isatty()
-    every_s = every_s if every_s is not None else (0.5 if tty else 10.0)
-
-    def say(line: str, end="\n") -> None:
+    def say(line: str) -> None:
         if not quiet:
-            print(line, end=end, file=sys.stderr, flush=True)
+            print(line, file=sys.stderr, flush=True)
 
     writer = RecordingWriter(path)  # RecordingError if `path` exists and is not a recording
     if writer.cut_bytes:
         say(f"neuralflow record: {path} ended in a cut-off record ({writer.cut_bytes} bytes, an "
             f"earlier recorder stopped mid-write); removed it, appending after the last whole frame")
-    start = last_report = time.monotonic()
+    start, progress = time.monotonic(), Progress(every_s, quiet)
     sub = Subscriber(endpoints, latest_only=False, hwm=0)
     where = ", ".join([endpoints] if isinstance(endpoints, str) else endpoints)
     say(f"neuralflow record: waiting for frames on {where}, writing {path} (Ctrl-C stops)")
@@ -57,20 +54,15 @@ def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int |
                 frame = sub.recv(timeout=0.05)
                 if frame is not None:
                     writer.write(frame)
-                now = time.monotonic()
-                if now - last_report >= every_s:
-                    last_report = now
-                    stats = sub.stats
-                    line = f"neuralflow record: {writer.frames} frames, {stats['gaps']} dropped upstream, {sub.state}"
-                    say("\r" + line if tty else line, end="" if tty else "\n")
+                progress.update(lambda: f"neuralflow record: {writer.frames} frames, "
+                                        f"{sub.stats['gaps']} dropped upstream, {sub.state}")
         except KeyboardInterrupt:
             pass
         stats = dict(sub.stats)
     finally:
+        progress.done()
         sub.close()
         writer.close()
-    if tty:
-        say("")
     rejected = rejected_note(stats, sub.last_error)
     wrote = (f"appended {writer.frames} frames to {path}, which now holds {writer.before + writer.frames}"
              if writer.before else f"wrote {writer.frames} frames to {path}")

@@ -133,6 +133,29 @@ def drop_stale_frames(written: list[Path], stem: str = "frame") -> int:
     return len(stale)
 
 
+class Progress:
+    """A progress line on stderr every `every_s` seconds (default: 0.5 on a terminal, rewriting
+    one line in place; 10 elsewhere, one line each, for logs). Nothing when `quiet`."""
+
+    def __init__(self, every_s: float | None = None, quiet: bool = False):
+        self.tty = sys.stderr.isatty()
+        self.every_s = every_s if every_s is not None else (0.5 if self.tty else 10.0)
+        self.quiet, self.last, self.shown = quiet, time.monotonic(), False
+
+    def update(self, line: Callable[[], str]) -> None:
+        """Show line() if `every_s` has passed since the last one (line is built only then)."""
+        now = time.monotonic()
+        if self.quiet or now - self.last < self.every_s:
+            return
+        self.last, self.shown = now, True
+        print("\r" + line() if self.tty else line(), end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        """End a line rewritten in place, so what follows starts on its own."""
+        if self.tty and self.shown:
+            print(file=sys.stderr, flush=True)
+
+
 def rejected_note(stats: dict, last_error: str | None) -> str:
     """A subscriber's rejected messages and the last reason (a publisher of another wire
     version, say), for a summary line; "" if none."""
@@ -148,10 +171,11 @@ def default_zoom(width: int, height: int) -> int:
 def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, count: int | None = None,
                     duration: float | None = None, palette: str = "seed", gif: bool = True,
                     guide: bool = False, text: bool = True, gif_frames: int = 1000, fps: float = 15.0,
-                    zoom: int | None = None, quiet: bool = False) -> dict:
+                    zoom: int | None = None, every_s: float | None = None, quiet: bool = False) -> dict:
     """Subscribe to `endpoints` and write each frame as out_dir/frame_NNNNNN.png, then
     out_dir/animation.gif (the last `gif_frames` frames at `fps`, captioned when `text`), all
-    zoomed by `zoom` (None: default_zoom of the first frame, as `export` does).
+    zoomed by `zoom` (None: default_zoom of the first frame, as `export` does). Progress goes to
+    stderr every `every_s` seconds (see Progress).
 
     Stops after `count` frames, after `duration` seconds, or on Ctrl-C (at least one of count
     and duration is wise on a server). Needs no display. Returns {"dir", "pngs", "gif",
@@ -165,6 +189,7 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
     kept: collections.deque[Frame] = collections.deque(maxlen=gif_frames)
     start, first = time.monotonic(), None
     sub = Subscriber(endpoints, latest_only=False)
+    progress = Progress(every_s, quiet)
     try:
         while (count is None or len(pngs) < count) and (duration is None or time.monotonic() - start < duration):
             frame = sub.recv(timeout=0.05)
@@ -174,9 +199,11 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
                                      zoom=zoom))
                 kept.append(frame)
                 first = first or frame
+            progress.update(lambda: f"neuralflow: {len(pngs)} PNGs, {sub.stats['gaps']} dropped upstream, {sub.state}")
     except KeyboardInterrupt:  # Ctrl-C ends the recording; the animation is still written
         pass
     finally:
+        progress.done()
         stats, last_error = sub.stats, sub.last_error
         sub.close()
     animation = (write_animation(kept, out / "animation.gif", palette=palette, fps=fps, zoom=zoom, text=text)
