@@ -412,7 +412,8 @@ class ProbeCallback(TrainerCallback):
         names = _named(prompts)  # (empty: refused)
         if export:
             _file_stems(names)  # two names for one file: refused
-        self.prompts, self.tokenizer, self.every = prompts, tokenizer, int(every)
+        # the named prompts, not `prompts`: a generator is read once, here
+        self.prompts, self.tokenizer, self.every = names, tokenizer, int(every)
         self.export, self.export_mode, self.options = export, export_mode, options
         self.prober: Prober | None = None
         self.probed: list[int] = []  # steps probed (on every rank, by schedule)

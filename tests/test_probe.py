@@ -350,6 +350,24 @@ def test_export_timeline(tmp_path, mode):
             assert set(np.asarray(png)[: 6 * 8].ravel().tolist()) == {128}
 
 
+def test_export_timeline_again_into_the_same_folder(tmp_path):
+    """A shorter export of one name deletes the longer one's later steps (they would pass for
+    this run's); one resumed from a checkpoint (its later steps only) keeps the earlier ones;
+    another name's files are left alone."""
+    with Prober(tiny("mistral"), PROMPTS, width=32) as prober:
+        for step in (0, 10, 20, 30):
+            prober.probe(step)
+    frames = prober.frames["a"]
+    export_timeline(frames, tmp_path, name="a_b")  # a name that starts like "a"
+    export_timeline(frames, tmp_path, name="a")
+    export_timeline(frames[:2], tmp_path, name="a")
+    names = lambda stem: sorted(p.name for p in tmp_path.glob(f"{stem}_0*.png"))
+    assert names("a") == ["a_000000.png", "a_000010.png"] and len(names("a_b")) == 4
+    export_timeline(frames, tmp_path, name="a")
+    export_timeline(frames[2:], tmp_path, name="a")  # resumed at step 20
+    assert len(names("a")) == 4
+
+
 def test_layer_drift_is_relative_to_the_start_spread():
     start = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0))
     moved = start.clone()
@@ -517,3 +535,14 @@ def test_attach_after_callbacks_does_not_add_a_second_copy(tmp_path):
     trainer.train()
     frames = [f for f in Recording(tmp_path / "r.nfrec") if f.meta["probe"] == "a"]
     assert [f.step for f in frames] == [0, 5] and len({f.session for f in frames}) == 1
+
+
+def test_prompts_from_a_generator(tmp_path):
+    """A one-shot iterable is read once, when the callback is built, and still probes."""
+    probe = ProbeCallback((ids for ids in ([5, 17, 33], [7, 7, 60])), every=1, width=32, strict=True)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4,
+                             report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True)
+    trainer = Trainer(model=tiny("mistral"), args=args, train_dataset=dataset())
+    probe.attach(trainer)
+    trainer.train()
+    assert probe.probed == [0, 1, 2] and list(probe.prompts) == ["probe0", "probe1"]

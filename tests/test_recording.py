@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from neuralflow.viewer.frame import Frame
-from neuralflow.viewer.recording import Recording, RecordingError, RecordingWriter
+from neuralflow.viewer.recording import RECORD, RECORD_MAGIC, Recording, RecordingError, RecordingWriter
 
 
 def frames(n, layers=4, hidden=100, width=32):
@@ -87,6 +87,26 @@ def test_damage_costs_only_the_record_it_hit(tmp_path, where, delta):
     for a, b in zip(got, written[:2] + written[3:]):
         same(a, b)
     assert len(got) == 8
+
+
+@pytest.mark.parametrize("to", ["a later record", "the end of the file"])
+def test_a_damaged_length_that_lands_on_a_record_loses_only_its_own(tmp_path, to):
+    """Records of one recording are often all one size, so a damaged length can point exactly at
+    a later header (or the file's end), and the index would take the records between as part of
+    it. Reading it fails its checksum and brings them back."""
+    path = tmp_path / "run.nfrec"
+    written = frames(6)
+    append(path, written)
+    offsets = Recording(path).offsets
+    target = offsets[4][0] - RECORD.size if to == "a later record" else path.stat().st_size
+    data = bytearray(path.read_bytes())
+    RECORD.pack_into(data, offsets[1][0] - RECORD.size, RECORD_MAGIC, target - offsets[1][0], offsets[1][2])
+    path.write_bytes(bytes(data))
+    recording = Recording(path)
+    got = list(recording)
+    assert [f.seq for f in got] == [0, 2, 3, 4, 5] and recording.damaged == 1
+    for a, b in zip(got, written[:1] + written[2:]):
+        same(a, b)
 
 
 def test_damaged_last_record_is_skipped_and_kept(tmp_path):

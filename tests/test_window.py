@@ -548,6 +548,30 @@ def test_closing_waits_for_every_recording_being_written(root, tmp_path, monkeyp
             assert image.n_frames == count
 
 
+def test_closing_again_while_waiting_closes_at_once(root, tmp_path, monkeypatch, capsys):
+    """A writer that does not finish (a hung disk) cannot hold the window open: q again closes
+    it, naming the recording that is lost."""
+    import tkinter as tk
+
+    from neuralflow.viewer import window as window_module
+    from neuralflow.viewer.window import ViewerWindow
+
+    release = threading.Event()
+    monkeypatch.setattr(window_module, "write_animation", lambda frames, path, **options: release.wait(30))
+    source = Frames()
+    view = ViewerWindow(root, source, out_dir=tmp_path)
+    view.toggle_recording()
+    source.queue.append(make_frame(0, 1))
+    run_until(root, lambda: len(view.recording) == 1, "a frame recorded")
+    view.close()
+    run_until(root, lambda: "q again: close now" in root.title(), "the window waiting")
+    view.close()
+    with pytest.raises(tk.TclError):
+        root.winfo_exists()  # destroyed
+    assert "closed before 1 recording(s) were written" in capsys.readouterr().err
+    release.set()
+
+
 def test_saves_never_overwrite(root, tmp_path):
     """s twice on one frame, with another palette or another reference: four files, each as saved."""
     from neuralflow.viewer.window import ViewerWindow

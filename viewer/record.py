@@ -117,17 +117,18 @@ def save_png(frame: Frame, path: str | os.PathLike, *, palette: str = "seed", gu
 
 
 def drop_stale_frames(written: list[Path], stem: str = "frame") -> int:
-    """Delete the <stem>_N.png beside `written`, numbered as wide as this run numbers them, that
-    this run did not write: an earlier, longer run into the same folder left them, and they
-    would pass for this run's frames. A run that wrote nothing leaves the folder as it was.
-    Returns how many went."""
+    """Delete the <stem>_N.png beside `written`, numbered as wide as this run numbers them, with
+    N past this run's last: an earlier, longer run into the same folder left them, and they would
+    pass for this run's frames. Numbers up to the last are kept (a training timeline resumed from
+    a checkpoint exports only the steps since, and the earlier ones are the same run's). A run
+    that wrote nothing leaves the folder as it was. Returns how many went."""
     if not written:
         return 0
-    keep = {path.name for path in written}
     digits = len(written[0].name) - len(stem) - len("_.png")  # zero-padded to this many at least
-    pattern = re.compile(rf"{re.escape(stem)}_\d{{{digits},}}\.png")
+    pattern = re.compile(rf"{re.escape(stem)}_(\d{{{digits},}})\.png")
+    last = max(int(pattern.fullmatch(path.name)[1]) for path in written)
     stale = [path for path in written[0].parent.glob(f"{glob.escape(stem)}_*.png")
-             if pattern.fullmatch(path.name) and path.name not in keep]
+             if (match := pattern.fullmatch(path.name)) and int(match[1]) > last]
     for path in stale:
         path.unlink()
     return len(stale)

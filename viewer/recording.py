@@ -128,6 +128,7 @@ class Recording:
         self.offsets: list[tuple[int, int, int]] = []  # (payload offset, length, crc)
         self.truncated = False
         self.damaged = 0
+        self._rescanned: set[int] = set()  # damaged records whose span _recover has scanned
         size = os.path.getsize(self.path)
         with open(self.path, "rb") as f:
             at = FILE_HEADER.size
@@ -152,16 +153,29 @@ class Recording:
         if self.offsets and not self._intact(f, *self.offsets[-1]):
             at = self.offsets.pop()[0] - RECORD.size
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            start = data.find(RECORD_MAGIC, at + 1)
-            while 0 <= start <= size - RECORD.size:
-                _, length, crc = RECORD.unpack_from(data, start)
-                payload = start + RECORD.size
-                if payload + length <= size and zlib.crc32(data[payload:payload + length]) == crc:
-                    self.damaged += 1
-                    return start
-                start = data.find(RECORD_MAGIC, start + 1)
+            start = _first_whole(data, at + 1, size)
+        if start >= 0:
+            self.damaged += 1
+            return start
         self.truncated = True
         return size
+
+    def _recover(self, index: int) -> None:
+        """Record `index` failed its checksum. If damage hit its length, the span it claimed
+        may hold whole records (a length pointing at a later header, or at the file's end):
+        those join the index after it. Scanned once per record."""
+        offset, length, _ = self.offsets[index]
+        if offset in self._rescanned:
+            return
+        self._rescanned.add(offset)
+        found, end = [], offset + length
+        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            at = _first_whole(data, offset - RECORD.size + 1, end)
+            while at >= 0:
+                _, size, crc = RECORD.unpack_from(data, at)
+                found.append((at + RECORD.size, size, crc))
+                at = _first_whole(data, at + RECORD.size + size, end)
+        self.offsets[index + 1:index + 1] = found
 
     @staticmethod
     def _intact(f, offset: int, length: int, crc: int) -> bool:
@@ -172,19 +186,41 @@ class Recording:
         return len(self.offsets)
 
     def __getitem__(self, index: int) -> Frame:
-        """The frame of record `index`; wire.WireError if damage hit it."""
+        """The frame of record `index`; wire.WireError if damage hit it (after which whole
+        records found inside the span it claimed follow it in the index)."""
         offset, length, crc = self.offsets[index]
         with open(self.path, "rb") as f:
             f.seek(offset)
             payload = f.read(length)
         if zlib.crc32(payload) != crc:
+            self._recover(index % len(self))
             raise wire.WireError(f"record {index} of {self.path} is damaged (checksum mismatch)")
         return wire.decode(_unpack(payload))
 
     def __iter__(self):
         """Every readable frame in order; a damaged record is skipped (and counted in damaged)."""
-        for index in range(len(self)):
+        index = 0
+        while index < len(self):  # (the index can grow: see _recover)
             try:
                 yield self[index]
             except wire.WireError:
                 self.damaged += 1
+            index += 1
+
+
+def _first_whole(data, start: int, limit: int) -> int:
+    """Where the first record lying whole in data[start:limit] begins, else -1: found by its
+    magic, and whole when its checksum holds and its payload decodes as a frame (bytes that
+    only look like a record, inside pixels say, are passed over)."""
+    at = data.find(RECORD_MAGIC, start, limit)
+    while 0 <= at <= limit - RECORD.size:
+        _, length, crc = RECORD.unpack_from(data, at)
+        payload = at + RECORD.size
+        if payload + length <= limit and zlib.crc32(data[payload:payload + length]) == crc:
+            try:
+                wire.decode(_unpack(data[payload:payload + length]))
+                return at
+            except wire.WireError:
+                pass
+        at = data.find(RECORD_MAGIC, at + 1, limit)
+    return -1

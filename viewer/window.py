@@ -505,8 +505,17 @@ class ViewerWindow:
 
     def close(self):
         """Stop taking frames; the window goes once every recording being written is on disk
-        (the writers are daemon threads: one cut off at exit leaves an empty file)."""
+        (the writers are daemon threads: one cut off at exit leaves an empty file). Asked again
+        while it waits (q, the close button; a disk that hangs, say), it goes at once."""
         if self._closing:
+            writing = [str(path) for thread, path in self._writers if thread.is_alive()]
+            try:
+                if writing:
+                    self.say(f"closed before {len(writing)} recording(s) were written: {', '.join(writing)}")
+                self.root.after_cancel(self._after)
+                self.root.destroy()
+            except tk.TclError:  # gone already
+                pass
             return
         self._closing = True
         for handle in (self._after, self._tick_after):
@@ -523,7 +532,9 @@ class ViewerWindow:
             self.root.destroy()
             return
         if writing != said:  # once per count, not again after each "recording saved"
-            message = f"writing {writing} recording(s)... the window closes when they are on disk"
+            message = (f"writing {writing} recording(s)... the window closes when they are on disk "
+                       f"(q again: close now, losing them)")
             self.say(message)
             self.root.title(f"neuralflow view - {message}")
-        self.root.after(50, self._close_when_written, writing)  # waits in the Tk loop: the window still redraws
+        # waits in the Tk loop: the window still redraws
+        self._after = self.root.after(50, self._close_when_written, writing)
