@@ -435,14 +435,19 @@ class ViewerWindow:
         path = self.out_dir / f"{stem}{suffix}"
         self.say(f"writing {len(frames)} frames to {path} ...")
 
-        def write():  # off the Tk thread; reports back through self._messages
+        # off the Tk thread, reporting back through the messages list. It holds no reference to
+        # the window: if it held the last one, Tk objects would be freed on this thread, which
+        # Tcl refuses ("async handler deleted by the wrong thread") by aborting the process.
+        messages, saved, fps = self._messages, self.saved, self.record_fps
+
+        def write():
             try:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                write_animation(frames, path, palette=palette, fps=self.record_fps, text=True)
-                self._messages.append(f"recording saved: {path}")
-                self.saved.append(path)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_animation(frames, path, palette=palette, fps=fps, text=True)
+                messages.append(f"recording saved: {path}")
+                saved.append(path)
             except Exception as e:
-                self._messages.append(f"recording failed: {e}")
+                messages.append(f"recording failed: {e}")
 
         writer = threading.Thread(target=write, name="neuralflow-record", daemon=True)
         writer.start()  # now, before the next key: its path counts as taken from here on
