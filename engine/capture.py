@@ -523,9 +523,12 @@ class Engine:
         means the frame math read stale states (a CUDA graph replaying an old buffer; hooks that
         did not run at all are caught as "partial"): say so once, never silently. Under
         norm="seed" or "layer" the ranges come from the states, so a new position alone changes
-        them; a fixed reference range can quantize two steps alike, so it is not checked."""
+        them; a fixed reference range can quantize two steps alike, so it is not checked. Nor is a
+        step fed the same token as the one before: over a context of one repeated token, the
+        states can repeat for real (every position attends to the same values)."""
         last, self._last_frame = self._last_frame, frame
         if (self.norm != "reference" and frame.step > 0 and last is not None
+                and (frame.token_id != last.token_id or frame.token_id < 0)
                 and frame.lo.tobytes() == last.lo.tobytes() and frame.hi.tobytes() == last.hi.tobytes()
                 and frame.pixels.tobytes() == last.pixels.tobytes()):
             self.stats["stale"] += 1
