@@ -13,10 +13,11 @@ the neuralflow run's last sample minus the none run's last sample (RSS), and on 
 allocated (torch.cuda.max_memory_allocated, reset before each run) minus the none run's peak.
 "flat" means the neuralflow run's RSS slope exceeds the none run's (where that grew) by less
 than FLAT_MIB_PER_1K (what the process does anyway, e.g. the allocator settling, is not
-capture's) and on CUDA that the allocated bytes never changed between samples. At 0.5 MiB per 1k tokens a leak of 1 KiB per
-frame (slope about +1.5) is caught, where the old absolute 2 MiB rule let it pass. Without a leak
-the difference measured +0.03 on the tiny model and -0.3 to +0.3 on the CI model: RSS grows in
-~0.1 MiB heap steps, and one step in the suite's 300-token none run moves its slope by ~0.5.
+capture's) and on CUDA that the allocated bytes never changed between samples. At 0.5 MiB per
+1k tokens a leak of 1 KiB per frame (slope about +1.5) is caught, where the old absolute 2 MiB
+rule let it pass. Without a leak the difference measured +0.03 on the tiny model and -0.3 to
++0.3 on the CI model: RSS grows in ~0.1 MiB heap steps, and one step in the suite's 300-token
+none run moves its slope by ~0.5.
 """
 
 from __future__ import annotations

@@ -163,6 +163,13 @@ def _named(prompts) -> dict:
     return named
 
 
+def _check_options(width, layout, norm, ranks) -> None:
+    """ValueError for options Prober cannot probe with."""
+    if ranks not in ("0", "all"):
+        raise ValueError(f'ranks must be "0" or "all", got {ranks!r}')
+    check_options(width, layout, norm)
+
+
 def _file_stems(names) -> dict:
     """{name: file stem} for the export: the name with what is no file name made "_". Two
     names that come out the same would overwrite each other's files: a ValueError names them."""
@@ -197,9 +204,7 @@ class Prober:
                  world: int | None = None, ranks: str = "0", factor: float = 3.0,
                  floor: float = 0.1, keep: bool = True, wait: float = 0.0, on_frame=None,
                  strict: bool = False):
-        if ranks not in ("0", "all"):
-            raise ValueError(f'ranks must be "0" or "all", got {ranks!r}')
-        check_options(width, layout, norm)  # here, not at the first probe (which would disable probing)
+        _check_options(width, layout, norm, ranks)  # here, not at the first probe (which would disable probing)
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             model = model.module  # probe the inner module: DDP's forward would start collectives
         self.model = model
@@ -406,9 +411,7 @@ class ProbeCallback(TrainerCallback):
             raise TypeError(f"ProbeCallback got unknown options {unknown} "
                             f"(Prober's options: {', '.join(sorted(_PROBER_OPTIONS))})")
         given = {**_PROBER_OPTIONS, **options}
-        check_options(given["width"], given["layout"], given["norm"])
-        if given["ranks"] not in ("0", "all"):
-            raise ValueError(f'ranks must be "0" or "all", got {given["ranks"]!r}')
+        _check_options(given["width"], given["layout"], given["norm"], given["ranks"])
         names = _named(prompts)  # (empty: refused)
         if export:
             _file_stems(names)  # two names for one file: refused

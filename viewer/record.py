@@ -94,9 +94,9 @@ def write_animation(frames: Iterable[Frame | np.ndarray], path: str | os.PathLik
     suffix = path.suffix.lower()
     if suffix not in (".gif", ".png", ".apng"):
         raise ValueError(f"animation must be .gif, .png or .apng, not {path.name}")
-    images = animation_frames(frames, palette=palette, zoom=zoom, text=text)
     if not (math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number, got {fps}")
+    images = animation_frames(frames, palette=palette, zoom=zoom, text=text)
     if suffix == ".gif":  # in 1/100 s, at most 65535; players slow anything under 2/100 s to 1/10 s
         delay = 10 * round(min(max(100.0 / fps, 2), 65535))
     else:  # ms, at most 65535

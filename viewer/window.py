@@ -451,11 +451,15 @@ class ViewerWindow:
 
         writer = threading.Thread(target=write, name="neuralflow-record", daemon=True)
         writer.start()  # now, before the next key: its path counts as taken from here on
-        self._writers = [w for w in self._writers if w[0].is_alive()] + [(writer, path)]
+        self._writers = [w for w in self._writers if w[0].is_alive()] + [(writer, path)]  # (done ones go)
+
+    def _writing(self) -> list[Path]:
+        """Where the recordings still being written go."""
+        return [path for thread, path in self._writers if thread.is_alive()]
 
     def _free_name(self, stem: str, suffixes: tuple[str, ...]) -> str:
         """`stem`, or stem_2, stem_3 ...: the first with no stem+suffix on disk or being written."""
-        writing = {path for thread, path in self._writers if thread.is_alive()}
+        writing = set(self._writing())
         name, n = stem, 1
         while any((self.out_dir / f"{name}{s}").exists() or self.out_dir / f"{name}{s}" in writing
                   for s in suffixes):
@@ -513,10 +517,11 @@ class ViewerWindow:
         (the writers are daemon threads: one cut off at exit leaves an empty file). Asked again
         while it waits (q, the close button; a disk that hangs, say), it goes at once."""
         if self._closing:
-            writing = [str(path) for thread, path in self._writers if thread.is_alive()]
+            writing = self._writing()
             try:
                 if writing:
-                    self.say(f"closed before {len(writing)} recording(s) were written: {', '.join(writing)}")
+                    self.say(f"closed before {len(writing)} recording(s) were written: "
+                             f"{', '.join(map(str, writing))}")
                 self.root.after_cancel(self._after)
                 self.root.destroy()
             except tk.TclError:  # gone already
@@ -532,7 +537,7 @@ class ViewerWindow:
     def _close_when_written(self, said: int = 0):
         while self._messages:
             self.say(self._messages.pop(0))
-        writing = sum(thread.is_alive() for thread, _ in self._writers)
+        writing = len(self._writing())
         if not writing:
             self.root.destroy()
             return
