@@ -10,7 +10,7 @@ import torch
 
 from neuralflow.engine import Engine, UnsupportedModel, render
 from neuralflow.engine.render import _host_frame_math
-from tiny_models import CONFIGS, VOCAB, greedy, tiny
+from tiny_models import CONFIGS, VOCAB, cache_name, cache_of, greedy, tiny
 
 
 def prompt(batch=1, length=5, seed=1):
@@ -135,16 +135,16 @@ def test_steps_counted_without_a_cache_object():
     with Engine(model, width=64, on_frame=frames.append, strict=True), torch.no_grad():
         out = model(ids, use_cache=True)
         for _ in range(2):
-            out = model(out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values, use_cache=True)
+            out = model(out.logits[:, -1:].argmax(-1), use_cache=True, **{cache_name(model): cache_of(out)})
     assert [(f.step, f.position) for f in frames] == [(0, 4), (1, 5), (2, 6)]
     # a reused prefix: each generate over a copy of it starts a sequence at step 0, its
     # position after the prefix
     import copy
     frames.clear()
     with Engine(model, width=64, on_frame=frames.append, strict=True), torch.no_grad():
-        prefix = model(ids[:, :3], use_cache=True).past_key_values
+        prefix = cache_of(model(ids[:, :3], use_cache=True))
         for _ in range(2):
-            greedy(model, ids, 2, past_key_values=copy.deepcopy(prefix))
+            greedy(model, ids, 2, **{cache_name(model): copy.deepcopy(prefix)})
     assert [(f.step, f.position) for f in frames] == [(0, 2), (0, 4), (1, 5), (0, 4), (1, 5)]
 
     key, seen = torch.zeros(1, 2, 5, 16), []
@@ -554,17 +554,17 @@ def test_positions_follow_the_cache_when_it_is_cropped_reset_or_one_of_two():
                                    prompt_lookup_num_tokens=3)
                 elif name == "reset":
                     cache = tf.DynamicCache(config=model.config)
-                    greedy(model, ids, 3, past_key_values=cache)
+                    greedy(model, ids, 3, **{cache_name(model): cache})
                     cache.reset()
                     emptied = cache.get_seq_length() == 0
                     if emptied:  # reset() empties it (transformers 5.2x)
-                        greedy(model, ids[:, :4], 3, past_key_values=cache)
+                        greedy(model, ids[:, :4], 3, **{cache_name(model): cache})
                     else:  # before, reset() zeroes the tensors and keeps their length, and
                         # generate runs a forward with no new positions: a clear error (ours in
                         # 5.1x; 4.x's generate fails on its own first)
                         before = len(seen)  # (not len(frames): they arrive on another thread)
                         with pytest.raises((ValueError, IndexError), match="no new positions|index -1"):
-                            greedy(model, ids[:, :4], 3, past_key_values=cache)
+                            greedy(model, ids[:, :4], 3, **{cache_name(model): cache})
                         del seen[before:]
                 else:
                     greedy(model, ids, 3, guidance_scale=1.5)
@@ -687,9 +687,8 @@ def test_a_hand_written_loop_with_the_new_cache_name_warns_nothing():
     try:
         with Engine(model, width=16, on_frame=frames.append, strict=True), torch.no_grad():
             out = model(prompt())
-            name = "cache" if "cache" in out else "past_key_values"  # the old name before 5.2x
             for _ in range(2):
-                out = model(out.logits[:, -1:].argmax(-1), **{name: dict.get(out, name)})
+                out = model(out.logits[:, -1:].argmax(-1), **{cache_name(model): cache_of(out)})
     finally:
         logging.getLogger("transformers").removeHandler(kept)
     assert [(f.step, f.position) for f in frames] == [(0, 4), (1, 5), (2, 6)]
@@ -738,16 +737,14 @@ def test_a_hand_written_loop_passing_the_cache_positionally():
         with Engine(model, width=16, on_frame=frames.append, strict=True), torch.no_grad():
             out = model(prompt())
             for _ in range(2):
-                cache = dict.get(out, "cache", dict.get(out, "past_key_values"))  # (renamed in 5.2x)
-                out = model(out.logits[:, -1:].argmax(-1), cache)
+                out = model(out.logits[:, -1:].argmax(-1), cache_of(out))
         assert [(f.step, f.position) for f in frames] == [(0, 4), (1, 5), (2, 6)], family
 
 
 def test_a_hand_written_loop_with_tuple_outputs():
     """return_dict=False gives (logits, cache): the cache the prefill made continues it."""
-    import inspect
     model = tiny("llama")
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # 5.2x
+    name = cache_name(model)
     frames = []
     with Engine(model, width=16, on_frame=frames.append, strict=True), torch.no_grad():
         logits, cache = model(prompt(), use_cache=True, return_dict=False)[:2]
@@ -760,9 +757,8 @@ def test_a_hand_written_loop_with_tuple_outputs():
 def test_a_context_of_one_repeated_token_is_not_called_stale(caplog):
     """Over a context of one token repeated, every position attends to the same values and the
     states repeat for real: not the stale-states error (which blames a compiled model)."""
-    import inspect
     model = tiny("llama")
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # 5.2x
+    name = cache_name(model)
     with Engine(model, width=16) as engine, torch.no_grad():
         cache = model(torch.full((1, 4), 7), use_cache=True, return_dict=False)[1]
         for _ in range(4):

@@ -1,5 +1,7 @@
 """Tiny random-weight models of each supported family, built from their configs (no downloads)."""
 
+import inspect
+
 import torch
 import transformers as tf
 
@@ -60,6 +62,17 @@ def tiny(family: str = "mistral", seed: int = 0, **overrides) -> torch.nn.Module
         setattr(config, key, value)
     auto = tf.AutoModelForImageTextToText if family in IMAGE_TEXT else tf.AutoModelForCausalLM
     return auto.from_config(config).eval()
+
+
+def cache_name(model) -> str:
+    """The keyword model.forward and generate take a cache by: "cache" since transformers 5.2x,
+    which warns on the old "past_key_values"."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_of(output):
+    """The cache in a forward's ModelOutput, read as a plain dict (its attribute warns on 5.2x)."""
+    return dict.get(output, "cache", dict.get(output, "past_key_values"))
 
 
 def greedy(model, prompt, new_tokens, **kwargs):
