@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from neuralflow.viewer.frame import Frame
+from neuralflow.viewer.playback import ReplaySource
 from neuralflow.viewer.recording import RECORD, RECORD_MAGIC, Recording, RecordingError, RecordingWriter
 
 
@@ -81,12 +82,24 @@ def test_damage_costs_only_the_record_it_hit(tmp_path, where, delta):
     recording = Recording(path)
     assert [f.step for f in recording] == [0, 1, 3, 4, 5] and recording.damaged == 1
     assert not recording.truncated
+    # read again (a looping replay, a second export): still one damaged record, not two
+    assert len(list(recording)) == 5 and recording.damaged == 1
     append(path, written[6:])
     assert path.stat().st_size > size  # nothing already there was cut
     got = list(Recording(path))
     for a, b in zip(got, written[:2] + written[3:]):
         same(a, b)
     assert len(got) == 8
+
+
+def test_a_looping_replay_counts_a_damaged_record_once(tmp_path):
+    path = tmp_path / "run.nfrec"
+    append(path, frames(4))
+    damage(path, 1, 40)
+    recording = Recording(path)
+    source = ReplaySource(recording, fps=1000, loop=True)
+    steps = [source.recv(timeout=None).step for _ in range(9)]
+    assert steps == [0, 2, 3] * 3 and recording.damaged == 1
 
 
 @pytest.mark.parametrize("to", ["a later record", "the end of the file"])

@@ -145,8 +145,7 @@ class ReplaySource:
             self.index += 1
             try:
                 return self.recording[self.index - 1]
-            except ValueError:  # damage hit this record (its checksum fails)
-                self.recording.damaged += 1
+            except ValueError:  # damage hit this record (its checksum fails; counted there)
                 self.stats["rejected"] += 1
         return None
 

@@ -114,8 +114,9 @@ class Recording:
     """Random access to the whole records of a recording file.
 
     truncated: the file ends in a partial record (a crash mid-write); everything before it is
-    readable, and `end` is where it starts. damaged: records skipped so far because damage hit
-    them (a damaged header found while indexing, a checksum that fails when read).
+    readable, and `end` is where it starts. damaged: how many records damage hit, found so far (a
+    damaged header while indexing, a checksum that fails when read; each record counted once,
+    however often it is read).
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -128,7 +129,7 @@ class Recording:
         self.offsets: list[tuple[int, int, int]] = []  # (payload offset, length, crc)
         self.truncated = False
         self.damaged = 0
-        self._rescanned: set[int] = set()  # damaged records whose span _recover has scanned
+        self._rescanned: set[int] = set()  # records whose checksum failed (their spans scanned)
         size = os.path.getsize(self.path)
         with open(self.path, "rb") as f:
             at = FILE_HEADER.size
@@ -163,11 +164,12 @@ class Recording:
     def _recover(self, index: int) -> None:
         """Record `index` failed its checksum. If damage hit its length, the span it claimed
         may hold whole records (a length pointing at a later header, or at the file's end):
-        those join the index after it. Scanned once per record."""
+        those join the index after it. Scanned (and counted in damaged) once per record."""
         offset, length, _ = self.offsets[index]
         if offset in self._rescanned:
             return
         self._rescanned.add(offset)
+        self.damaged += 1
         found, end = [], offset + length
         with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             at = _first_whole(data, offset - RECORD.size + 1, end)
@@ -204,7 +206,7 @@ class Recording:
             try:
                 yield self[index]
             except wire.WireError:
-                self.damaged += 1
+                pass
             index += 1
 
 
