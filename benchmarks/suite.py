@@ -18,7 +18,7 @@ sdpa, batch 1, on the CPU. Sections (each recorded as {"error": traceback} if it
 Progress goes to stderr, the table to stdout, everything to --json. See benchmarks/RESULTS.md.
 Under each overhead table: what the neuralflow runs captured and delivered, any capture problems,
 and for "overhead" the CPU goal (at most 3 % per token, CPU_LIMIT) judged on the step ratio's
-spread by report.verdict, as the GPU script judges its goals. The exit status is 1 when a section
+spread by report.verdict, the GPU script's rule (there applied to step and wall ratios). The exit status is 1 when a section
 failed or the neuralflow runs captured less than a watched generate does (their times would
 then understate the cost).
 

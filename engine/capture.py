@@ -12,9 +12,10 @@ Per forward pass (DESIGN.md, "Data flow"):
                     replayed as a CUDA graph when the forward is eager)
   model hook        frame -> free pinned slot, non_blocking; record the slot's event
   delivery thread   wait on the event (the only wait), build a Frame, hand it to the sinks
-Everything is allocated once at attach. The hooks never wait for the device; when no slot is
-free (the consumer fell behind) the frame is dropped and counted, and its sequence number is
-skipped so subscribers see the gap.
+Everything is allocated once at attach, except the eager decode step's one temporary (the
+torch.cat in _capture_layer). The hooks never wait for the device; when no slot is free (the
+consumer fell behind) the frame is dropped and counted, and its sequence number is skipped so
+subscribers see the gap.
 
 The observer never crashes the observed: an error inside capture disables capture with one
 log line (strict=True raises instead, for tests).
@@ -101,7 +102,8 @@ class Engine:
     the first frame's seed statistics. on_frame: callable(Frame) run on the delivery thread. publish: a ZeroMQ
     endpoint to stream frames to; wait: seconds attach waits for a viewer to subscribe there
     (returning as soon as one has), so the first frames do not go out to no one.
-    tokenizer: decodes token ids into meta["token"].
+    tokenizer: decodes token ids into meta["token"]. label: meta["label"], shown by viewers.
+    rank: stamped on every frame (Frame.rank), for one Engine per process of a multi-process run.
     slots: pinned ring size (>= 3): how many frames may wait for the delivery thread before new
     ones are dropped (16 Mistral-7B frames are 2 MiB; a small CPU model makes one a millisecond,
     and the delivery thread may wait longer than that for the GIL).
@@ -301,7 +303,7 @@ class Engine:
                     layout=self.layout, norm=norm, ref_lo=self._ref_lo, ref_hi=self._ref_hi,
                     fuse=self._fuse)
 
-    # ---- hooks (hot path: no .item(), .cpu(), printing, waiting or allocation) ---------
+    # ---- hooks (hot path: no .item(), .cpu(), printing or waiting; one allocation) -----
     def _guarded(self, fn, *args):
         if not self._enabled:
             return
@@ -394,7 +396,10 @@ class Engine:
         # (is_compiling first: compiled code never reads the eager-only flag, so never guards on it)
         if not torch.compiler.is_compiling() and self._hold:
             # an eager decode step: keep the [batch, 1, hidden] output, copy all layers at once
-            # below (2 kernel launches per token instead of one per layer)
+            # below (2 kernel launches per token instead of one per layer). The cat's
+            # [batch, layers, hidden] temporary comes from the caching allocator on CUDA. A cat
+            # straight into the float32 staging buffer (out=) was slower on the CPU for bf16
+            # states (74 against 37 us at 32 x 4096, one thread); not tried on a GPU
             self._held[i] = hidden
             if last:
                 self._staging.copy_(torch.cat(self._held, dim=1)[self.row])

@@ -353,6 +353,13 @@ def test_reference_norm_freezes_first_frame_stats():
         np.testing.assert_array_equal(frame.lo, frames[0].lo)
         np.testing.assert_array_equal(frame.hi, frames[0].hi)
     assert frames[0].norm == "reference"
+    # the frozen range is the first frame's own seed statistics
+    seeded = []
+    with Engine(model, width=32, norm="seed", on_frame=seeded.append, strict=True):
+        greedy(model, prompt(), 1)
+    np.testing.assert_array_equal(frames[0].lo, seeded[0].lo)
+    np.testing.assert_array_equal(frames[0].hi, seeded[0].hi)
+    np.testing.assert_array_equal(frames[0].pixels, seeded[0].pixels)
     # a caller-given reference is used from the first frame on
     given = []
     with Engine(model, width=32, norm="reference", reference=(-0.5, 0.5), on_frame=given.append):

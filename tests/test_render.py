@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from neuralflow.engine import render
-from neuralflow.engine.render import _frame_math, _host_frame_math, frame_shape, render_into
+from neuralflow.engine.render import _frame_math, _host_frame_math, frame_shape, render_into, square_width
 
 SEED = np.random.SeedSequence().entropy  # fresh inputs every run
 RNG = np.random.default_rng(SEED)
@@ -152,6 +152,14 @@ def test_constant_states_do_not_divide_by_zero():
     got = render(torch.full((3, 100), 0.5), width=50)
     assert got.pixels.shape == (6, 50)
     assert torch.isfinite(got.lo).all()
+    assert (got.pixels == 0).all()  # every value at the bottom of an empty range, no NaN cast
+
+
+def test_the_default_width_is_the_seed_width():
+    """512 for Mistral 7B's 32 x 4096 (what README and --help promise), and the smallest power of
+    two at least the square root elsewhere."""
+    assert [square_width(*shape) for shape in ((32, 4096), (4, 256), (3, 100), (1, 1), (40, 5120))] \
+        == [512, 32, 32, 1, 512]
 
 
 def test_bf16_states_and_same_device():

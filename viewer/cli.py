@@ -323,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     p.add_argument("--device-map", choices=("auto",), help="spread the model over the GPUs (accelerate)")
     p.add_argument("--attn", choices=("flash_attention_2", "sdpa", "eager"),
-                   help="default: flash_attention_2 if flash-attn imports, else sdpa")
+                   help="default: flash_attention_2 where it can run (flash-attn imports, CUDA, 16-bit "
+                        "weights, a model that supports it), else sdpa, else eager")
     p.add_argument("--width", type=_positive(int), help="picture width in dims (default: a power of two near "
                    "sqrt(layers x hidden), 512 for Mistral 7B as in the original)")
     p.add_argument("--layout", choices=("bands", "layers"), default="bands")

@@ -3,7 +3,7 @@
 A palette is a 256-entry uint8 RGB lookup table; colouring a frame is one table lookup,
 `lut[pixels]`, done by Pillow's palette conversion in C: never a per-pixel Python loop.
 
-Palettes (`PALETTES`, cycled in this order by the window):
+Palettes (`PALETTES`; the window's `p` cycles through all but "diverging", which is for differences):
 - "seed": the original's colour wheel. Pixel value q in 0..254 stands for t in [q/255, (q+1)/255);
   we colour it with the hue of the interval's lower edge, t = q/255, on a full-saturation,
   full-value HSV wheel (0 red, 1/6 yellow, 1/3 green, 1/2 cyan, 2/3 blue, 5/6 magenta), channels
@@ -167,15 +167,15 @@ def layer_map(frame: Frame) -> np.ndarray:
     return np.where(real, layer[:, None], -1)
 
 
-def difference(frame: Frame, reference: Frame, gain: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def difference(frame: Frame, reference: Frame) -> tuple[np.ndarray, np.ndarray]:
     """Signed difference picture and per-layer drift of `frame` against `reference`.
 
     Both work on the quantized values q (0..255, overflow counted as 255), i.e. on what the
     picture shows, so layers of very different magnitude compare on one scale; dequantized
     values would let the largest layers dominate and change meaning when lo/hi differ.
-    - picture: uint8 [h, w], 128 + round(gain * (q - q_ref)) clipped to 0..255, for the
-      "diverging" palette (128 white = unchanged, lower blue, higher red; at gain 1 one step
-      per quantized level, so differences beyond -128..+127 levels saturate).
+    - picture: uint8 [h, w], 128 + (q - q_ref) clipped to 0..255, for the "diverging" palette
+      (128 white = unchanged, lower blue, higher red; one step per quantized level, so
+      differences beyond -128..+127 levels saturate).
     - drift: float32 [layers], mean |q - q_ref| over each layer's real dims (padding excluded),
       in quantized levels (divide by 255 for a fraction of the range).
     Raises ValueError when the geometries differ.
@@ -183,10 +183,7 @@ def difference(frame: Frame, reference: Frame, gain: float = 1.0) -> tuple[np.nd
     if not same_geometry(frame, reference):
         raise ValueError("difference needs two frames of the same geometry")
     d = frame.pixels.astype(np.int16) - reference.pixels.astype(np.int16)
-    if gain == 1.0:
-        picture = np.clip(d + 128, 0, 255).astype(np.uint8)
-    else:
-        picture = np.clip(np.rint(128.0 + gain * d), 0, 255).astype(np.uint8)
+    picture = np.clip(d + 128, 0, 255).astype(np.uint8)
     layer, real, counts = _rows(frame.height, frame.width, frame.layers, frame.hidden, frame.layout)
     row_sums = np.where(real, np.abs(d), 0).sum(axis=1)
     drift = np.bincount(layer, weights=row_sums, minlength=frame.layers) / np.maximum(counts, 1)

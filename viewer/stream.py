@@ -257,11 +257,6 @@ class Subscriber:
             if deadline is not None and time.monotonic() >= deadline:
                 return None
 
-    def __iter__(self):
-        """Frames forever (recv() with no timeout); break out of the loop to stop."""
-        while True:
-            yield self.recv()
-
     @property
     def state(self) -> str:
         """"waiting" (nothing ever received), "live", or "silent" (nothing for silent_after s).
