@@ -256,6 +256,38 @@ class QueueSource:
         return "done" if self.finished else "live"
 
 
+def beside_window(work, source: QueueSource, say, on_close=None, name: str = "neuralflow-demo",
+                  **window) -> None:
+    """Run work() in a worker thread while a viewer window shows `source` in this (main) thread,
+    until the window is closed; then on_close(), wait for the worker, and raise its error here.
+    window: ViewerWindow's options (out_dir, where, echo)."""
+    import tkinter
+
+    from neuralflow.viewer.window import ViewerWindow
+
+    failed: list = []
+
+    def worker():
+        try:
+            work()
+        except BaseException as err:  # re-raised in the main thread
+            failed.append(err)
+        finally:
+            source.finished = True
+
+    root = tkinter.Tk()
+    ViewerWindow(root, source, **window)
+    thread = threading.Thread(target=worker, name=name, daemon=True)
+    thread.start()
+    say("the viewer window is open; close it (q) to finish")
+    root.mainloop()
+    if on_close is not None:
+        on_close()
+    thread.join()
+    if failed:
+        raise failed[0]
+
+
 def window_available() -> bool:
     """Whether a Tk window can open here (a display, and tkinter installed)."""
     try:
@@ -347,37 +379,18 @@ def _wait_viewer(args) -> float:
 
 
 def _generate_in_window(model, tokenizer, cfg, sinks, reference, args, say) -> dict:
-    """Tk in this (main) thread, generation in a worker; the window stays until closed."""
-    import tkinter
-
-    from neuralflow.viewer.window import ViewerWindow
-
+    """Generation beside the window, which stays until closed."""
     source = QueueSource()
     result: dict = {}
     hurry = threading.Event()  # set when the window closes: finish without pacing
+    pace = getattr(args, "pace", None)
 
     def work():
-        try:
-            pace = getattr(args, "pace", None)
-            result.update(generate(model, tokenizer, cfg, [*sinks, source.frames.put], reference,
-                                   publish=getattr(args, "publish", None), wait_viewer=_wait_viewer(args),
-                                   hurry=hurry,
-                                   pace=0.08 if pace is None else pace))
-        except BaseException as err:  # reported in the main thread
-            result["error"] = err
-        finally:
-            source.finished = True
+        result.update(generate(model, tokenizer, cfg, [*sinks, source.frames.put], reference,
+                               publish=getattr(args, "publish", None), wait_viewer=_wait_viewer(args),
+                               hurry=hurry, pace=0.08 if pace is None else pace))
 
-    root = tkinter.Tk()
     # the window's status lines stay in the window: on stderr they would split the streamed text
-    ViewerWindow(root, source, out_dir=getattr(args, "out", None) or "neuralflow-demo", where="(demo)",
-                 echo=False)
-    worker = threading.Thread(target=work, name="neuralflow-demo", daemon=True)
-    worker.start()
-    say("the viewer window is open; close it (q) to finish")
-    root.mainloop()
-    hurry.set()
-    worker.join()
-    if "error" in result:
-        raise result["error"]
+    beside_window(work, source, say, on_close=hurry.set,
+                  out_dir=getattr(args, "out", None) or "neuralflow-demo", where="(demo)", echo=False)
     return result

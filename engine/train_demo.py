@@ -100,7 +100,9 @@ def _train_demo(steps, every, lr, seed, endpoint, out, window, say, started) -> 
         f"{len(passage)} bytes of Alice, lr {lr}, {steps} steps, a probe every {every}")
     with scratch:
         if window:
-            _train_in_window(trainer, source, stop, out, say)
+            # closing the window stops training
+            demo.beside_window(trainer.train, source, say, on_close=stop.set,
+                               name="neuralflow-train-demo", out_dir=out, where="(demo --train)")
         else:
             trainer.train()
 
@@ -111,35 +113,6 @@ def _train_demo(steps, every, lr, seed, endpoint, out, window, say, started) -> 
         f"(neuralflow view --replay {recording})")
     return {"out": out, "frames": frames, "recording": recording, "drift": probe.prober.drift["alice"],
             "jumps": probe.prober.jumps, "seconds": seconds}
-
-
-def _train_in_window(trainer, source, stop, out, say) -> None:
-    """Tk in this (main) thread, training in a worker; closing the window stops training."""
-    import threading
-    import tkinter
-
-    from neuralflow.viewer.window import ViewerWindow
-
-    failed: list = []
-
-    def work():
-        try:
-            trainer.train()
-        except BaseException as err:  # re-raised in the main thread
-            failed.append(err)
-        finally:
-            source.finished = True
-
-    root = tkinter.Tk()
-    ViewerWindow(root, source, out_dir=out, where="(demo --train)")
-    worker = threading.Thread(target=work, name="neuralflow-train-demo", daemon=True)
-    worker.start()
-    say("the viewer window is open; close it (q) to finish")
-    root.mainloop()
-    stop.set()
-    worker.join()
-    if failed:
-        raise failed[0]
 
 
 class _DemoLines(TrainerCallback):

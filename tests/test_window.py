@@ -705,3 +705,29 @@ def test_status_lines_reach_stderr_unless_told_not_to(root, tmp_path, capsys, ec
     run_until(root, lambda: view.total > 0, "a first frame")
     assert "first frame" in view.status_label.cget("text")
     assert ("neuralflow view: first frame" in capsys.readouterr().err) == echo
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_the_demos_in_the_window_finish_when_it_closes(display, tmp_path, train):
+    """`neuralflow demo` opens the window beside the work (generation, or training with
+    --train); q closes it, the work finishes (unpaced, or stopped) and the demo exits 0."""
+    command = [sys.executable, "-m", "neuralflow.viewer.cli", "demo", "--quick", "--out", str(tmp_path)]
+    proc = subprocess.Popen(command + (["--train"] if train else []), env=dict(os.environ, DISPLAY=display),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not any("the viewer window is open" in line for line in lines):
+            line = proc.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        env = dict(os.environ, DISPLAY=display)
+        wid = wait_for(lambda: subprocess.run(["xdotool", "search", "--onlyvisible", "--name", "neuralflow view"],
+                                              env=env, capture_output=True, text=True).stdout.split(),
+                       20, "the window to appear")[0]
+        xdotool(display, "windowfocus", "--sync", wid)
+        xdotool(display, "key", "q")
+        rest = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert ("probes in" if train else "replay with") in rest
