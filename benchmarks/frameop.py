@@ -26,14 +26,11 @@ import torch
 
 from neuralflow.benchmarks.baselines import eager_frame
 from neuralflow.benchmarks.overhead import spread
-from neuralflow.engine.render import cuda_graph, frame_shape, render_into
+from neuralflow.engine.render import cuda_graph, frame_buffers, render_into
 
 
 def _implementations(states: torch.Tensor, width: int, compiled: bool) -> dict:
-    layers, hidden = states.shape
-    pixels = torch.empty(frame_shape(layers, hidden, width), dtype=torch.uint8, device=states.device)
-    lo = torch.empty(layers, dtype=torch.float32, device=states.device)
-    hi = torch.empty_like(lo)
+    pixels, lo, hi = frame_buffers(*states.shape, width, states.device)
     impls = {
         "neuralflow": lambda: render_into(states, pixels, lo, hi, width=width),
         "eager": lambda: eager_frame(states, width),
@@ -113,10 +110,8 @@ def measure_frame_op(shape=(32, 4096), device="cpu", *, iters: int = 50, rounds:
 
 def render_out(states: torch.Tensor, width: int) -> torch.Tensor:
     """render_into's pixels for `states` (the default path for its device)."""
-    layers, hidden = states.shape
-    pixels = torch.empty(frame_shape(layers, hidden, width), dtype=torch.uint8, device=states.device)
-    lo = torch.empty(layers, dtype=torch.float32, device=states.device)
-    render_into(states, pixels, lo, torch.empty_like(lo), width=width)
+    pixels, lo, hi = frame_buffers(*states.shape, width, states.device)
+    render_into(states, pixels, lo, hi, width=width)
     return pixels
 
 

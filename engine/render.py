@@ -56,6 +56,13 @@ def frame_shape(layers: int, hidden: int, width: int = 512) -> tuple[int, int]:
     return layers * chunks_per_layer(hidden, width), width
 
 
+def frame_buffers(layers: int, hidden: int, width: int, device) -> tuple[torch.Tensor, ...]:
+    """Empty (pixels, lo, hi) for render_into: uint8 [rows, width], float32 [layers] twice."""
+    pixels = torch.empty(frame_shape(layers, hidden, width), dtype=torch.uint8, device=device)
+    lo = torch.empty(layers, dtype=torch.float32, device=device)
+    return pixels, lo, torch.empty_like(lo)
+
+
 def check_options(width: int, layout: str, norm: str) -> None:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -222,9 +229,7 @@ def render(states: torch.Tensor, *, width: int = 512, layout: str = "bands", nor
     ref_lo = ref_hi = None
     if norm == "reference":
         ref_lo, ref_hi = reference_stats(reference, layers, states.device)
-    pixels = torch.empty(frame_shape(layers, hidden, width), dtype=torch.uint8, device=states.device)
-    lo = torch.empty(layers, dtype=torch.float32, device=states.device)
-    hi = torch.empty_like(lo)
+    pixels, lo, hi = frame_buffers(layers, hidden, width, states.device)
     render_into(states, pixels, lo, hi, width=width, layout=layout, norm=norm,
                 ref_lo=ref_lo, ref_hi=ref_hi, fuse=False)
     return Picture(pixels, lo, hi, layout, norm)
