@@ -242,6 +242,36 @@ def test_fuzzed_messages_over_a_live_socket_are_counted_and_skipped():
         context.term()
 
 
+def test_a_peer_sending_a_part_larger_than_any_frame_is_cut_off():
+    """A part bigger than the largest frame's pixels (MAX_SIDE x MAX_SIDE) makes ZeroMQ cut that
+    peer off before the subscriber holds the part (a hostile 1 GiB part once cost 1 GiB of
+    memory, then was rejected); another publisher on the same subscriber is heard on."""
+    context = zmq.Context()
+    raw = context.socket(zmq.PUB)
+    raw.setsockopt(zmq.LINGER, 0)
+    port = raw.bind_to_random_port("tcp://127.0.0.1")
+    huge = np.zeros(wire.MAX_PART + 1, np.uint8)
+    try:
+        with Publisher("tcp://127.0.0.1:*", republish_s=None) as good, \
+                Subscriber([f"tcp://127.0.0.1:{port}", good.endpoint], hwm=0) as sub:
+            ping = 0
+            while sub.recv(timeout=0.02) is None:  # connected
+                raw.send_multipart(wire.encode(small_frame(1, ping)))
+                ping += 1
+                assert ping < 500, "subscriber never connected"
+            wait_joined(good)
+            header, meta, _ = wire.encode(small_frame(2, 0))
+            raw.send_multipart([header, meta, huge])
+            raw.send_multipart(wire.encode(small_frame(2, 1)))  # after the cut: never arrives
+            good.publish(small_frame(3, 0))
+            heard = [sub.recv(timeout=2) for _ in range(2)]
+            assert [f.session for f in heard if f is not None] == [3], sub.stats
+            assert sub.stats["rejected"] == 0  # refused by ZeroMQ: never read, never decoded
+    finally:
+        raw.close(linger=0)
+        context.term()
+
+
 def publish_timed(pub: Publisher, frames) -> np.ndarray:
     times = []
     for frame in frames:

@@ -19,7 +19,7 @@ within about a second; resends keep their seq, and subscribers ignore repeats. B
 use the socket only while holding the lock (ZeroMQ sockets are not thread-safe).
 
 Subscriber: a SUB socket on one or several endpoints. Bad messages are counted and skipped,
-never raised. Per-session gap counting from seq numbers makes drops visible. `state` tells
+never raised; a peer sending a part larger than any frame is cut off. Per-session gap counting from seq numbers makes drops visible. `state` tells
 "waiting" (nothing received yet) from "live" and "silent" (the publisher went quiet).
 
 Each object owns its ZeroMQ context unless one is passed in; close() is prompt (bounded
@@ -219,6 +219,9 @@ class Subscriber:
         self._socket = self._context.socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.RCVHWM, hwm)
+        # a part bigger than any frame's pixels: ZeroMQ cuts that peer off for good (no
+        # reconnect after a protocol error) before reading it, rather than hold it whole
+        self._socket.setsockopt(zmq.MAXMSGSIZE, wire.MAX_PART)
         self._socket.setsockopt(zmq.SUBSCRIBE, b"")
         self._closed = False
         self._last_message: float | None = None  # monotonic time of the last valid message

@@ -32,6 +32,7 @@ VERSION = 1
 MAX_SIDE = 8192  # width and height limit, pixels
 MAX_LAYERS = 1024
 MAX_META = 4096  # bytes of UTF-8 JSON
+MAX_PART = MAX_SIDE * MAX_SIDE  # bytes: the largest part of a message (pixels)
 
 #          magic ver layout norm session seq  w h layers hidden step token pos  row rank time meta_len
 HEADER = struct.Struct("<4sHBBQQIIIIqqqiiqI")
