@@ -271,3 +271,66 @@ def test_ctrl_c_anywhere_in_record_ends_it_with_the_summary(tmp_path, monkeypatc
     result = playback.record_to_file("tcp://127.0.0.1:1", tmp_path / "r.nfrec", count=10)
     assert result["frames"] == 2 and len(Recording(tmp_path / "r.nfrec")) == 2
     assert "wrote 2 frames" in capsys.readouterr().err
+
+
+def slow_record(tmp_path, monkeypatch, frames, *, write_s, duration, publish_every_s=0.0):
+    """record_to_file for `duration` s while a thread publishes `frames`, each write taking
+    `write_s` (a disk that is behind)."""
+    import time
+
+    from neuralflow.viewer import playback
+    from neuralflow.viewer.recording import Recording, RecordingWriter
+
+    write = RecordingWriter.write
+    monkeypatch.setattr(RecordingWriter, "write", lambda self, f: (time.sleep(write_s), write(self, f)))
+    box, done = [], threading.Event()
+
+    def publish():
+        with Publisher("tcp://127.0.0.1:*", republish_s=None) as pub:
+            box.append(pub.endpoint)
+            assert pub.wait_for_subscribers(1, timeout=10)
+            for frame in frames:
+                pub.publish(frame)
+                time.sleep(publish_every_s)
+            done.wait(20)
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        while not box:
+            threading.Event().wait(0.01)
+        result = playback.record_to_file(box[0], tmp_path / "r.nfrec", duration=duration)
+    finally:
+        done.set()
+        publisher.join()
+    return result, Recording(tmp_path / "r.nfrec")
+
+
+def test_record_writes_the_frames_received_before_the_stop(tmp_path, monkeypatch, capsys):
+    """A disk behind when --duration ends: the frames already received are written, not lost
+    without a word (they were, 60 of 100 here)."""
+    session = new_session_id()
+    frames = [make_frame(k, session=session) for k in range(100)]
+    result, recording = slow_record(tmp_path, monkeypatch, frames, write_s=0.02, duration=0.8,
+                                    publish_every_s=0.002)
+    assert result["frames"] == len(recording) == 100, result["stats"]
+    assert [f.seq for f in recording] == list(range(100))
+    assert "wrote 100 frames" in capsys.readouterr().err
+
+
+def test_a_recorder_behind_holds_bounded_memory_and_shows_the_gaps(tmp_path, monkeypatch, capsys):
+    """A publisher faster than the disk: the recorder's queue stops at RECORD_HWM frames (it once
+    grew without bound, 25 MB/s here) and ZeroMQ drops the rest, seen as gaps."""
+    from neuralflow.viewer import playback
+
+    monkeypatch.setattr(playback, "RECORD_HWM", 20)
+    session = new_session_id()
+    rng = np.random.default_rng(0)
+    frames = [Frame(pixels=rng.integers(0, 256, (256, 512), np.uint8), layers=32, hidden=4096,
+                    seq=k, session=session) for k in range(300)]
+    result, recording = slow_record(tmp_path, monkeypatch, frames, write_s=0.02, duration=2.0,
+                                    publish_every_s=0.002)
+    seqs = [f.seq for f in recording]
+    assert len(seqs) < 200 and result["stats"]["gaps"] > 0
+    assert result["stats"]["gaps"] == seqs[-1] + 1 - len(seqs)  # every frame missed is a gap seen
+    assert f"{result['stats']['gaps']} dropped upstream" in capsys.readouterr().err

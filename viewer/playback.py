@@ -25,13 +25,18 @@ from .recording import Recording, RecordingError, RecordingWriter
 from .record import Progress, default_zoom, drop_stale_frames, rejected_note, save_png, write_animation
 
 
+RECORD_HWM = 1000  # frames a recorder's socket holds while the disk is behind; past that
+# ZeroMQ drops (memory stays bounded) and the recording shows the gaps
+
+
 def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int | None = None,
                    duration: float | None = None, every_s: float | None = None, quiet: bool = False) -> dict:
     """Append frames from `endpoints` to the recording at `path` (created, or appended to).
 
-    Stops after `count` frames, `duration` seconds, or Ctrl-C. Progress goes to stderr every
-    `every_s` seconds (default: 0.5 on a terminal, rewriting one line; 10 otherwise).
-    Returns {"path", "frames", "stats"}.
+    Stops after `count` frames, `duration` seconds, or Ctrl-C; frames already received by then
+    are written too (up to RECORD_HWM of them; Ctrl-C again stops at once). Progress goes to
+    stderr every `every_s` seconds (default: 0.5 on a terminal, rewriting one line; 10
+    otherwise). Returns {"path", "frames", "stats"}.
     """
     from .stream import Subscriber  # here: export and replay need no sockets
 
@@ -44,7 +49,7 @@ def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int |
         say(f"neuralflow record: {path} ended in a cut-off record ({writer.cut_bytes} bytes, an "
             f"earlier recorder stopped mid-write); removed it, appending after the last whole frame")
     start, progress = time.monotonic(), Progress(every_s, quiet)
-    sub = Subscriber(endpoints, latest_only=False, hwm=0)
+    sub = Subscriber(endpoints, latest_only=False, hwm=RECORD_HWM)
     where = ", ".join([endpoints] if isinstance(endpoints, str) else endpoints)
     say(f"neuralflow record: waiting for frames on {where}, writing {path} (Ctrl-C stops)")
     try:
@@ -56,6 +61,16 @@ def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int |
                     writer.write(frame)
                 progress.update(lambda: f"neuralflow record: {writer.frames} frames, "
                                         f"{sub.stats['gaps']} dropped upstream, {sub.state}")
+        except KeyboardInterrupt:
+            pass
+        try:  # what already reached this process (a live publisher goes on sending: bounded)
+            for _ in range(RECORD_HWM):
+                frame = None if count is not None and writer.frames >= count else sub.recv(timeout=0)
+                if frame is None:
+                    break
+                writer.write(frame)
+                progress.update(lambda: f"neuralflow record: {writer.frames} frames, writing the "
+                                        f"frames received before the stop (Ctrl-C: stop now)")
         except KeyboardInterrupt:
             pass
         stats = dict(sub.stats)
