@@ -334,3 +334,22 @@ def test_a_recorder_behind_holds_bounded_memory_and_shows_the_gaps(tmp_path, mon
     assert len(seqs) < 200 and result["stats"]["gaps"] > 0
     assert result["stats"]["gaps"] == seqs[-1] + 1 - len(seqs)  # every frame missed is a gap seen
     assert f"{result['stats']['gaps']} dropped upstream" in capsys.readouterr().err
+
+
+def test_headless_zooms_each_picture_size_and_animates_the_latest(tmp_path, capsys):
+    """A second model's frames (another size) on the same endpoint: each PNG zoomed for its own
+    size (the first frame's zoom, 7, made 3584 x 1792 PNGs of 256 x 512 frames), and the
+    animation holds one size, not every frame padded to the largest (GBs with many frames)."""
+    session = new_session_id()
+    big = [Frame(pixels=np.full((256, 512), 9 * k, np.uint8), layers=32, hidden=4096, seq=3 + k,
+                 session=session) for k in range(3)]
+    frames = [make_frame(k, session=session) for k in range(3)] + big
+    result = headless_from_a_publisher(frames, tmp_path / "out")
+    sizes = []
+    for png in result["pngs"]:
+        with Image.open(png) as image:
+            sizes.append(image.size)
+    assert sizes == [(280, 168)] * 3 + [(512, 256)] * 3
+    got = frames_of(result["gif"])
+    assert len(got) == 3 and got[0].shape == (256 + CAPTION, 512, 3)
+    assert "the animation holds the 3 frames since the last change" in capsys.readouterr().err
