@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from neuralflow.engine.layers import (decoder_layers, hidden_size, layer_output, model_name,
-                                      module_device, unwrap)
+                                      module_device, residual_streams, unwrap)
 from neuralflow.engine.render import (check_options, cuda_graph, frame_shape, fused_by_default,
                                       reference_stats, render_into)
 from neuralflow.viewer.frame import Frame
@@ -69,13 +69,20 @@ class _Shipped:
 
 
 def _cached_length(cache) -> int | None:
-    """How many positions a DynamicCache holds (its tensors' shape: no device sync), else None."""
+    """How many positions a DynamicCache holds (its tensors' shape: no device sync), else None.
+    A hybrid model's linear-attention or convolution layer counts in a device tensor (transformers
+    5.25 gives it as the cache's length when it is layer 0): reading it would sync, so the first
+    layer that knows its length as an int answers."""
     if type(cache).__name__ != "DynamicCache":
         return None
     try:
-        return cache.get_seq_length()
+        for layer in getattr(cache, "layers", None) or [cache]:  # (no layers before transformers 4.56)
+            length = layer.get_seq_length()
+            if isinstance(length, int):
+                return length
     except Exception:  # layers with no length (linear attention, say)
         return None
+    return None
 
 
 def _cache_index(module: torch.nn.Module) -> int | None:
@@ -124,6 +131,7 @@ class Engine:
         self.model = model
         _, self.layers = decoder_layers(model)
         self.hidden = hidden_size(model)
+        self._streams = residual_streams(model)  # several residual streams per layer output?
         # frames the wire and recordings cannot carry would fail only later, one by one
         check_geometry(width, frame_shape(len(self.layers), self.hidden, width)[0], len(self.layers),
                        self.hidden, f"width={width} cannot be captured for {model_name(model)}")
@@ -392,7 +400,7 @@ class Engine:
         return hook
 
     def _capture_layer(self, i: int, last: bool, output) -> None:
-        hidden = layer_output(output)
+        hidden = layer_output(output, self._streams)
         # (is_compiling first: compiled code never reads the eager-only flag, so never guards on it)
         if not torch.compiler.is_compiling() and self._hold:
             # an eager decode step: keep the [batch, 1, hidden] output, copy all layers at once

@@ -68,13 +68,27 @@ def hidden_size(model: torch.nn.Module) -> int:
     raise UnsupportedModel(f"{type(config).__name__} has no hidden_size, n_embd or d_model")
 
 
-def layer_output(output) -> torch.Tensor:
+def residual_streams(model: torch.nn.Module) -> str | None:
+    """How the model's decoder layers return several residual streams, from its (text) config:
+    "hyper" for hyper-connections (DeepSeek V4 and its kin: config.hc_mult, [batch, seq,
+    streams, hidden]), else None (one stream; Gemma 3n's AltUp is told by its shape)."""
+    config = unwrap(model).config
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    return "hyper" if getattr(config, "hc_mult", None) else None
+
+
+def layer_output(output, streams: str | None = None) -> torch.Tensor:
     """The hidden states [batch, seq, hidden] a decoder layer returned: a tensor in
-    transformers 5, the first item of a tuple in 4.x. Gemma 3n's layers return [streams,
-    batch, seq, hidden] (AltUp): stream 0 is the active one (altup_active_idx), the one the
-    layer computes on; the others are its predictions."""
+    transformers 5, the first item of a tuple in 4.x. Several residual streams become one:
+    hyper-connections' [batch, seq, streams, hidden] (streams="hyper", see residual_streams)
+    by their mean, the one stream they all share at the embeddings; Gemma 3n's [streams,
+    batch, seq, hidden] (AltUp) by stream 0, the active one (altup_active_idx), the one the
+    layer computes on (the others are its predictions)."""
     hidden = output[0] if isinstance(output, (tuple, list)) else output
-    return hidden[0] if hidden.dim() == 4 else hidden
+    if hidden.dim() != 4:
+        return hidden
+    return hidden.mean(dim=2) if streams == "hyper" else hidden[0]
 
 
 def module_device(module: torch.nn.Module) -> torch.device:
@@ -118,10 +132,11 @@ def typical_scale(model: torch.nn.Module, input_ids: torch.Tensor, quantile: flo
     _, layers = decoder_layers(model)
     hi: list = [None] * len(layers)
     limit = max(1, min(limit, 2**24 // hidden_size(model)))
+    streams = residual_streams(model)
 
     def hook_for(i):
         def hook(module, args, output):
-            x = layer_output(output)[0]
+            x = layer_output(output, streams)[0]
             x = x[min(skip, x.shape[0] - 1):][-limit:]  # one position at least
             hi[i] = torch.quantile(x.detach().abs().float().flatten(), quantile)
             if i == len(layers) - 1:
@@ -149,10 +164,11 @@ def last_token_outputs(model: torch.nn.Module, row: int = 0):
     _, layers = decoder_layers(model)
     rows: list = [None] * len(layers)
     steps: list = []
+    streams = residual_streams(model)
 
     def hook_for(i):
         def hook(module, args, output):
-            rows[i] = layer_output(output)[row, -1].detach().float().clone()
+            rows[i] = layer_output(output, streams)[row, -1].detach().float().clone()
             if i == len(layers) - 1:  # on the last layer's device (a model may span several)
                 steps.append(torch.stack([r.to(rows[-1].device) for r in rows]))
         return hook

@@ -10,6 +10,7 @@ import torch
 
 from neuralflow.engine import Engine, UnsupportedModel, render
 from neuralflow.engine.render import _host_frame_math
+from neuralflow.engine.layers import layer_output, residual_streams
 from tiny_models import CONFIGS, VOCAB, cache_name, cache_of, greedy, tiny
 
 
@@ -172,10 +173,14 @@ def test_every_family(family):
                 on_frame=frames.append, strict=True) as engine:
         out = greedy(model, prompt(), 3, output_hidden_states=True, return_dict_in_generate=True)
     assert len(frames) == 3 and engine.error is None
+    # labels as plain ints (a hybrid's cache once gave a tensor position, which no viewer takes)
+    assert [(f.step, f.position) for f in frames] == [(0, 4), (1, 5), (2, 6)]
+    assert all(type(f.position) is int and type(f.step) is int for f in frames)
     assert frames[0].pixels.shape == (3 * 4, 16)  # 3 layers x ceil(64 / 16) rows
     for frame, hidden in zip(frames, out.hidden_states):
         assert len(hidden) == 4  # the embeddings, then one entry per layer
-        states = torch.stack([h[0, -1] for h in hidden[1:3]]).float()
+        streams = residual_streams(model)
+        states = torch.stack([layer_output(h, streams)[0, -1] for h in hidden[1:3]]).float()
         want = render(states, width=16, layout="layers", norm="reference", reference=(0.0, 0.5))
         np.testing.assert_array_equal(frame.pixels[:2 * 4], want.pixels.numpy())
         assert len(np.unique(want.pixels.numpy())) > 10  # a picture, not one saturated colour

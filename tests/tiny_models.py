@@ -45,6 +45,8 @@ CONFIGS = {
                                     bos_token_id=1, eos_token_id=2),
     "gptj": lambda: tf.GPTJConfig(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, rotary_dim=8,
                                   n_positions=128, bos_token_id=1, eos_token_id=2),
+    # a hybrid: its first layer a short convolution, not attention (LFM2, like Qwen3.5 or Jamba)
+    "lfm2": lambda: tf.Lfm2Config(**_common(layer_types=["conv", "full_attention", "conv"])),
     "mpt": lambda: tf.MptConfig(vocab_size=VOCAB, d_model=64, n_layers=3, n_heads=4, max_seq_len=128),
     # a multimodal wrapper (its decoder at model.language_model), fed text only
     "llava": lambda: tf.LlavaConfig(
@@ -52,6 +54,13 @@ CONFIGS = {
         vision_config=tf.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                           num_attention_heads=2, image_size=28, patch_size=14)),
 }
+if hasattr(tf, "DeepseekV4Config"):  # (transformers 5.2x) hyper-connections: two residual streams
+    CONFIGS["deepseek_v4"] = lambda: tf.DeepseekV4Config(
+        vocab_size=VOCAB, hidden_size=64, moe_intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=32, q_lora_rank=16,
+        num_experts_per_tok=2, n_routed_experts=4, hc_mult=2, hc_sinkhorn_iters=2, sliding_window=8,
+        o_groups=2, o_lora_rank=16, index_n_heads=2, index_head_dim=16, index_topk=4,
+        max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 IMAGE_TEXT = {"llava"}  # built with AutoModelForImageTextToText
 
 
