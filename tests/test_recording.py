@@ -180,3 +180,22 @@ def test_appending_after_a_cut_keeps_everything_readable(tmp_path):
     assert [f.seq for f in got] == [0, 1, 3, 4, 5, 6, 7]
     for a, b in zip(got, written[:2] + written[3:]):
         same(a, b)
+
+
+def test_recording_into_a_pipe(tmp_path):
+    """record --out /dev/stdout | ssh ... 'cat > run.nfrec': a pipe cannot tell its position
+    (that was an OSError); what comes out of it is a whole recording."""
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(open(fifo, "rb").read()), daemon=True)
+    reader.start()
+    written = frames(3)
+    append(fifo, written)
+    reader.join(10)
+    (tmp_path / "run.nfrec").write_bytes(received[0])
+    for a, b in zip(Recording(tmp_path / "run.nfrec"), written, strict=True):
+        same(a, b)

@@ -64,6 +64,7 @@ class RecordingWriter:
 
     A cut-off last record, left by a crash, is removed first so that what is appended stays
     readable (`cut_bytes` says how many bytes went); nothing else already there is touched.
+    A pipe (record --out /dev/stdout | ...) gets a whole recording, file header first.
     `before`: how many records the file held already.
     """
 
@@ -78,7 +79,7 @@ class RecordingWriter:
                 self.cut_bytes = os.path.getsize(self.path) - existing.end
                 os.truncate(self.path, existing.end)
         self._file = open(self.path, "ab")
-        if self._file.tell() == 0:
+        if not self._file.seekable() or self._file.tell() == 0:  # (a pipe: a new stream)
             self._file.write(FILE_HEAD)
             self._file.flush()  # an empty recording is still a recording
         self.frames = 0
