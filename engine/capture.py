@@ -57,6 +57,7 @@ class _Slot:
     hi: torch.Tensor
     token: torch.Tensor
     event: object  # torch.cuda.Event, or None on the CPU (copies are synchronous there)
+    arrays: tuple | None = None  # numpy views of the four, made by the delivery thread at first use
 
 
 @dataclass
@@ -521,11 +522,13 @@ class Engine:
         try:
             if slot.event is not None:
                 slot.event.synchronize()  # sync point, on the consumer thread only
+            if slot.arrays is None:
+                slot.arrays = (slot.pixels.numpy(), slot.lo.numpy(), slot.hi.numpy(), slot.token.numpy())
+            pixels, lo, hi, token = slot.arrays
             return Frame(
-                pixels=slot.pixels.numpy().copy(), layers=len(self.layers), hidden=self.hidden,
-                layout=self.layout, norm=self.norm, lo=slot.lo.numpy().copy(),
-                hi=slot.hi.numpy().copy(), step=shipped.step,
-                token_id=int(slot.token.numpy()[0]), position=shipped.position, row=self.row,
+                pixels=pixels.copy(), layers=len(self.layers), hidden=self.hidden,
+                layout=self.layout, norm=self.norm, lo=lo.copy(), hi=hi.copy(), step=shipped.step,
+                token_id=int(token[0]), position=shipped.position, row=self.row,
                 rank=self.rank, time_ns=shipped.time_ns, session=self.session, seq=shipped.seq,
                 meta=dict(self.meta))
         finally:
