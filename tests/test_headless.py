@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -318,6 +319,44 @@ def test_record_writes_the_frames_received_before_the_stop(tmp_path, monkeypatch
     assert "wrote 100 frames" in capsys.readouterr().err
 
 
+def test_the_queue_is_written_past_repeats_and_for_a_bounded_time(tmp_path, monkeypatch):
+    """After the stop, a resend of an idle publisher's frame (a repeat) in the queue does not end
+    the writing of what is queued behind it (it ended it, and the rest went uncounted); a queue
+    that would take longer than DRAIN_S to write is left there."""
+    from neuralflow.viewer import playback
+    from neuralflow.viewer.stream import Subscriber
+
+    frame = make_frame(0)
+    replies = iter([frame, None, frame.replace(seq=1), frame.replace(seq=2)])  # None: a repeat
+    monkeypatch.setattr(Subscriber, "recv", lambda self, timeout=None: next(replies, None))
+    monkeypatch.setattr(Subscriber, "pending", lambda self: True)
+    result = playback.record_to_file("tcp://127.0.0.1:1", tmp_path / "r.nfrec", duration=0, quiet=True)
+    assert result["frames"] == 3
+    monkeypatch.setattr(Subscriber, "recv", lambda self, timeout=None: frame)  # never empty
+    monkeypatch.setattr(playback, "DRAIN_S", 0.3)
+    started = time.monotonic()
+    playback.record_to_file("tcp://127.0.0.1:1", tmp_path / "s.nfrec", duration=0, quiet=True)
+    assert time.monotonic() - started < 2
+
+
+def test_a_signal_during_a_write_acts_after_it(tmp_path):
+    """Ctrl-C (or SIGTERM) in the middle of writing a record used to cut it in two (damage in the
+    middle of the file once more frames followed) and leave it out of the count."""
+    import signal
+
+    from neuralflow.viewer.playback import _signals_held
+    from neuralflow.viewer.recording import Recording, RecordingWriter
+
+    with RecordingWriter(tmp_path / "r.nfrec") as writer:
+        with pytest.raises(KeyboardInterrupt):
+            with _signals_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                writer.write(make_frame(0))
+                written = writer.frames
+        writer.write(make_frame(1))
+    assert written == 1 and len(Recording(tmp_path / "r.nfrec")) == 2
+
+
 def test_a_recorder_behind_holds_bounded_memory_and_shows_the_gaps(tmp_path, monkeypatch, capsys):
     """A publisher faster than the disk: the recorder's queue stops at RECORD_HWM frames (it once
     grew without bound, 25 MB/s here) and ZeroMQ drops the rest, seen as gaps."""
@@ -337,19 +376,21 @@ def test_a_recorder_behind_holds_bounded_memory_and_shows_the_gaps(tmp_path, mon
 
 
 def test_headless_zooms_each_picture_size_and_animates_the_latest(tmp_path, capsys):
-    """A second model's frames (another size) on the same endpoint: each PNG zoomed for its own
-    size (the first frame's zoom, 7, made 3584 x 1792 PNGs of 256 x 512 frames), and the
-    animation holds one size, not every frame padded to the largest (GBs with many frames)."""
+    """A second model's frames (another size) on the same endpoint, interleaved: each PNG zoomed
+    for its own size (the first frame's zoom, 7, made 3584 x 1792 PNGs of 256 x 512 frames),
+    and the animation holds the last frame's size, not every frame padded to the largest (GBs
+    with many frames), nor only the frames since the last change (one, when sizes alternate)."""
     session = new_session_id()
-    big = [Frame(pixels=np.full((256, 512), 9 * k, np.uint8), layers=32, hidden=4096, seq=3 + k,
+    big = [Frame(pixels=np.full((256, 512), 9 * k, np.uint8), layers=32, hidden=4096, seq=2 * k + 1,
                  session=session) for k in range(3)]
-    frames = [make_frame(k, session=session) for k in range(3)] + big
+    small = [make_frame(2 * k, session=session) for k in range(3)]
+    frames = [f for pair in zip(small, big) for f in pair]
     result = headless_from_a_publisher(frames, tmp_path / "out")
     sizes = []
     for png in result["pngs"]:
         with Image.open(png) as image:
             sizes.append(image.size)
-    assert sizes == [(280, 168)] * 3 + [(512, 256)] * 3
+    assert sizes == [(280, 168), (512, 256)] * 3
     got = frames_of(result["gif"])
     assert len(got) == 3 and got[0].shape == (256 + CAPTION, 512, 3)
-    assert "the animation holds the 3 frames since the last change" in capsys.readouterr().err
+    assert "the animation holds the last picture size's 3 of the last 6 frames" in capsys.readouterr().err

@@ -92,6 +92,25 @@ def test_damage_costs_only_the_record_it_hit(tmp_path, where, delta):
     assert len(got) == 8
 
 
+def test_a_whole_record_that_is_no_frame_counts_as_damaged(tmp_path):
+    """Its checksum holds but its header is another wire version: skipped, and counted once."""
+    import zlib
+
+    from neuralflow.viewer import recording as module
+
+    path = tmp_path / "run.nfrec"
+    append(path, frames(2))
+    parts = module.wire.encode(frames(1)[0])
+    header = bytearray(bytes(parts[0]))
+    header[4:6] = (999).to_bytes(2, "little")  # the wire version
+    payload = b"".join(module.PART.pack(len(p)) + bytes(p) for p in [bytes(header), *map(bytes, parts[1:])])
+    with open(path, "ab") as f:
+        f.write(RECORD.pack(RECORD_MAGIC, len(payload), zlib.crc32(payload)) + payload)
+    append(path, frames(1))
+    recording = Recording(path)
+    assert len(list(recording)) == 3 and len(list(recording)) == 3 and recording.damaged == 1
+
+
 def test_a_looping_replay_counts_a_damaged_record_once(tmp_path):
     path = tmp_path / "run.nfrec"
     append(path, frames(4))

@@ -16,7 +16,9 @@ are skipped; both say so.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,14 +29,28 @@ from .record import Progress, default_zoom, drop_stale_frames, rejected_note, sa
 
 RECORD_HWM = 1000  # frames a recorder's socket holds while the disk is behind; past that
 # ZeroMQ drops (memory stays bounded) and the recording shows the gaps
+DRAIN_S = 2.0  # seconds a stopped recorder goes on writing the frames already queued
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C or SIGTERM arriving inside the block acts as it ends: a record is written whole
+    and counted (cut in two, it would be damage in the middle of the file)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held) if hasattr(signal, "pthread_sigmask") else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int | None = None,
                    duration: float | None = None, every_s: float | None = None, quiet: bool = False) -> dict:
     """Append frames from `endpoints` to the recording at `path` (created, or appended to).
 
-    Stops after `count` frames, `duration` seconds, or Ctrl-C; frames already received by then
-    are written too (up to RECORD_HWM of them; Ctrl-C again stops at once). Progress goes to
+    Stops after `count` frames, `duration` seconds, Ctrl-C or SIGTERM; frames already queued by
+    then are written too, for up to DRAIN_S seconds (Ctrl-C again stops at once). Progress goes to
     stderr every `every_s` seconds (default: 0.5 on a terminal, rewriting one line; 10
     otherwise). Returns {"path", "frames", "stats"}.
     """
@@ -58,19 +74,22 @@ def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int |
                    and (duration is None or time.monotonic() - start < duration)):
                 frame = sub.recv(timeout=0.05)
                 if frame is not None:
-                    writer.write(frame)
+                    with _signals_held():
+                        writer.write(frame)
                 progress.update(lambda: f"neuralflow record: {writer.frames} frames, "
                                         f"{sub.stats['gaps']} dropped upstream, {sub.state}")
         except KeyboardInterrupt:
             pass
-        try:  # what already reached this process (a live publisher goes on sending: bounded)
-            for _ in range(RECORD_HWM):
-                frame = None if count is not None and writer.frames >= count else sub.recv(timeout=0)
-                if frame is None:
-                    break
-                writer.write(frame)
+        try:  # what is queued already (a live publisher goes on sending: bounded in time)
+            stop = time.monotonic() + DRAIN_S
+            while ((count is None or writer.frames < count) and time.monotonic() < stop
+                   and sub.pending()):
+                frame = sub.recv(timeout=0)  # (None for a repeat or a rejected message)
+                if frame is not None:
+                    with _signals_held():
+                        writer.write(frame)
                 progress.update(lambda: f"neuralflow record: {writer.frames} frames, writing the "
-                                        f"frames received before the stop (Ctrl-C: stop now)")
+                                        f"frames queued before the stop (Ctrl-C: stop now)")
         except KeyboardInterrupt:
             pass
         stats = dict(sub.stats)

@@ -174,8 +174,8 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
                     guide: bool = False, text: bool = True, gif_frames: int = 1000, fps: float = 15.0,
                     zoom: int | None = None, every_s: float | None = None, quiet: bool = False) -> dict:
     """Subscribe to `endpoints` and write each frame as out_dir/frame_NNNNNN.png, then
-    out_dir/animation.gif (the last `gif_frames` frames at `fps`, captioned when `text`; only
-    those since the picture's size last changed, another model say), all zoomed by `zoom`
+    out_dir/animation.gif (those of the last `gif_frames` frames that have the last frame's
+    picture size, at `fps`, captioned when `text`), all zoomed by `zoom`
     (None: default_zoom of each frame, as `export` does). Progress goes to stderr every
     `every_s` seconds (see Progress).
 
@@ -189,7 +189,7 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
     out.mkdir(parents=True, exist_ok=True)
     pngs: list[Path] = []
     kept: collections.deque[Frame] = collections.deque(maxlen=gif_frames)
-    start, first, resized = time.monotonic(), None, 0
+    start, first = time.monotonic(), None
     sub = Subscriber(endpoints, latest_only=False)
     progress = Progress(every_s, quiet)
     try:
@@ -198,9 +198,6 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
             if frame is not None:
                 pngs.append(save_png(frame, out / f"frame_{len(pngs):06d}.png", palette=palette, guide=guide,
                                      zoom=zoom or default_zoom(frame.width, frame.height)))
-                if kept and (kept[-1].height, kept[-1].width) != (frame.height, frame.width):
-                    kept.clear()  # one animation, one size (padding all to the largest cost GBs)
-                    resized += 1
                 kept.append(frame)
                 first = first or frame
             progress.update(lambda: f"neuralflow: {len(pngs)} PNGs, {sub.stats['gaps']} dropped upstream, {sub.state}")
@@ -210,17 +207,19 @@ def record_headless(endpoints: str | list[str], out_dir: str | os.PathLike, *, c
         progress.done()
         stats, last_error = sub.stats, sub.last_error
         sub.close()
-    animation = (write_animation(kept, out / "animation.gif", palette=palette, fps=fps, text=text,
-                                 zoom=zoom or default_zoom(kept[-1].width, kept[-1].height))
-                 if gif and kept else None)
+    # one picture size per animation, the last frame's (padding all to the largest cost GBs)
+    shown = [f for f in kept if (f.height, f.width) == (kept[-1].height, kept[-1].width)] if kept else []
+    animation = (write_animation(shown, out / "animation.gif", palette=palette, fps=fps, text=text,
+                                 zoom=zoom or default_zoom(shown[-1].width, shown[-1].height))
+                 if gif and shown else None)
     stale = drop_stale_frames(pngs)
     if not quiet:
         source = ", ".join([endpoints] if isinstance(endpoints, str) else endpoints)
         notes = [f"joined at frame {first.seq} of its stream"] if first is not None and first.seq else []
         notes += [f"deleted {stale} frame PNGs an earlier, longer recording left there"] if stale else []
         notes += [f"{stats['gaps']} frames dropped upstream"] if stats["gaps"] else []
-        notes += [f"the picture's size changed {resized} time(s): the animation holds the "
-                  f"{len(kept)} frames since the last change"] if resized and animation else []
+        notes += [f"the animation holds the last picture size's {len(shown)} of the last "
+                  f"{len(kept)} frames"] if animation and len(shown) < len(kept) else []
         notes += [rejected] if (rejected := rejected_note(stats, last_error)) else []
         where = (f" and {animation}" if animation else "") + (f" ({'; '.join(notes)})" if notes else "")
         if pngs:

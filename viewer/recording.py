@@ -167,10 +167,8 @@ class Recording:
         may hold whole records (a length pointing at a later header, or at the file's end):
         those join the index after it. Scanned (and counted in damaged) once per record."""
         offset, length, _ = self.offsets[index]
-        if offset in self._rescanned:
+        if not self._first_damage(offset):
             return
-        self._rescanned.add(offset)
-        self.damaged += 1
         found, end = [], offset + length
         with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             at = _first_whole(data, offset - RECORD.size + 1, end)
@@ -179,6 +177,14 @@ class Recording:
                 found.append((at + RECORD.size, size, crc))
                 at = _first_whole(data, at + RECORD.size + size, end)
         self.offsets[index + 1:index + 1] = found
+
+    def _first_damage(self, offset: int) -> bool:
+        """Count the record at `offset` as damaged, once: whether this is the first time."""
+        if offset in self._rescanned:
+            return False
+        self._rescanned.add(offset)
+        self.damaged += 1
+        return True
 
     @staticmethod
     def _intact(f, offset: int, length: int, crc: int) -> bool:
@@ -198,7 +204,11 @@ class Recording:
         if zlib.crc32(payload) != crc:
             self._recover(index % len(self))
             raise wire.WireError(f"record {index} of {self.path} is damaged (checksum mismatch)")
-        return wire.decode(_unpack(payload))
+        try:
+            return wire.decode(_unpack(payload))
+        except wire.WireError:  # whole, but not a frame this version reads
+            self._first_damage(offset)
+            raise
 
     def __iter__(self):
         """Every readable frame in order; a damaged record is skipped (and counted in damaged)."""

@@ -260,6 +260,10 @@ class Subscriber:
             if deadline is not None and time.monotonic() >= deadline:
                 return None
 
+    def pending(self) -> bool:
+        """Whether a message is queued (a frame, or a repeat or bad message that recv skips)."""
+        return bool(self._socket.poll(0, zmq.POLLIN))
+
     @property
     def state(self) -> str:
         """"waiting" (nothing ever received), "live", or "silent" (nothing for silent_after s).
