@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,14 +36,21 @@ DRAIN_S = 2.0  # seconds a stopped recorder goes on writing the frames already q
 @contextlib.contextmanager
 def _signals_held():
     """Ctrl-C or SIGTERM arriving inside the block acts as it ends: a record is written whole
-    and counted (cut in two, it would be damage in the middle of the file)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held) if hasattr(signal, "pthread_sigmask") else None
+    and counted (cut in two, it would be damage in the middle of the file). Python runs signal
+    handlers in the main thread only, so elsewhere this holds nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    before = {number: signal.signal(number, lambda n, _: caught.append(n))
+              for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        if before is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for number, handler in before.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)  # (None: set in C)
+        for number in caught[:1]:
+            signal.raise_signal(number)  # now, to the handler it was meant for
 
 
 def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int | None = None,
@@ -68,30 +76,29 @@ def record_to_file(endpoints: str | list[str], path: str | Path, *, count: int |
     sub = Subscriber(endpoints, latest_only=False, hwm=RECORD_HWM)
     where = ", ".join([endpoints] if isinstance(endpoints, str) else endpoints)
     say(f"neuralflow record: waiting for frames on {where}, writing {path} (Ctrl-C stops)")
+
+    def write_while(more, timeout: float, line) -> None:
+        """Write frames from `sub` while more(); Ctrl-C or SIGTERM ends it."""
+        try:
+            while more():
+                frame = sub.recv(timeout=timeout)  # (None also for a repeat or a rejected message)
+                if frame is not None:
+                    with _signals_held():
+                        writer.write(frame)
+                progress.update(line)
+        except KeyboardInterrupt:
+            pass
+
+    room = lambda: count is None or writer.frames < count  # noqa: E731
     try:
-        try:  # Ctrl-C anywhere in the loop (a write cut short replays up to the cut) ends it
-            while ((count is None or writer.frames < count)
-                   and (duration is None or time.monotonic() - start < duration)):
-                frame = sub.recv(timeout=0.05)
-                if frame is not None:
-                    with _signals_held():
-                        writer.write(frame)
-                progress.update(lambda: f"neuralflow record: {writer.frames} frames, "
-                                        f"{sub.stats['gaps']} dropped upstream, {sub.state}")
-        except KeyboardInterrupt:
-            pass
-        try:  # what is queued already (a live publisher goes on sending: bounded in time)
-            stop = time.monotonic() + DRAIN_S
-            while ((count is None or writer.frames < count) and time.monotonic() < stop
-                   and sub.pending()):
-                frame = sub.recv(timeout=0)  # (None for a repeat or a rejected message)
-                if frame is not None:
-                    with _signals_held():
-                        writer.write(frame)
-                progress.update(lambda: f"neuralflow record: {writer.frames} frames, writing the "
-                                        f"frames queued before the stop (Ctrl-C: stop now)")
-        except KeyboardInterrupt:
-            pass
+        write_while(lambda: room() and (duration is None or time.monotonic() - start < duration), 0.05,
+                    lambda: f"neuralflow record: {writer.frames} frames, "
+                            f"{sub.stats['gaps']} dropped upstream, {sub.state}")
+        # then what is queued already (a live publisher goes on sending: bounded in time)
+        stop = time.monotonic() + DRAIN_S
+        write_while(lambda: room() and time.monotonic() < stop and sub.pending(), 0,
+                    lambda: f"neuralflow record: {writer.frames} frames, writing the frames "
+                            f"queued before the stop (Ctrl-C: stop now)")
         stats = dict(sub.stats)
     finally:
         progress.done()
