@@ -18,9 +18,9 @@ sdpa, batch 1, on the CPU. Sections (each recorded as {"error": traceback} if it
 Progress goes to stderr, the table to stdout, everything to --json. See benchmarks/RESULTS.md.
 Under each overhead table: what the neuralflow runs captured and delivered, any capture problems,
 and for "overhead" the CPU goal (at most 3 % per token, CPU_LIMIT) judged on the step ratio's
-spread by report.verdict, the GPU script's rule (there applied to step and wall ratios). The exit status is 1 when a section
-failed or the neuralflow runs captured less than a watched generate does (their times would
-then understate the cost).
+spread by report.verdict, the GPU script's rule (there applied to step and wall ratios). The
+exit status is 1 when a section failed or the neuralflow runs captured less than a watched
+generate does (their times would then understate the cost).
 
 Threads: the suite runs torch on one thread by default (--threads). On a small shared machine
 torch's OpenMP workers spin-wait and collapse when other processes take the cores (measured

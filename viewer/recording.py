@@ -130,7 +130,7 @@ class Recording:
         self.offsets: list[tuple[int, int, int]] = []  # (payload offset, length, crc)
         self.truncated = False
         self.damaged = 0
-        self._rescanned: set[int] = set()  # records whose checksum failed (their spans scanned)
+        self._damaged_at: set[int] = set()  # offsets of the records counted in damaged
         size = os.path.getsize(self.path)
         with open(self.path, "rb") as f:
             at = FILE_HEADER.size
@@ -180,9 +180,9 @@ class Recording:
 
     def _first_damage(self, offset: int) -> bool:
         """Count the record at `offset` as damaged, once: whether this is the first time."""
-        if offset in self._rescanned:
+        if offset in self._damaged_at:
             return False
-        self._rescanned.add(offset)
+        self._damaged_at.add(offset)
         self.damaged += 1
         return True
 

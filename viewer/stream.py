@@ -19,8 +19,9 @@ within about a second; resends keep their seq, and subscribers ignore repeats. B
 use the socket only while holding the lock (ZeroMQ sockets are not thread-safe).
 
 Subscriber: a SUB socket on one or several endpoints. Bad messages are counted and skipped,
-never raised; a peer sending a part larger than any frame is cut off. Per-session gap counting from seq numbers makes drops visible. `state` tells
-"waiting" (nothing received yet) from "live" and "silent" (the publisher went quiet).
+never raised; a peer sending a part larger than any frame is cut off. Per-session gap
+counting from seq numbers makes drops visible. `state` tells "waiting" (nothing received yet)
+from "live" and "silent" (the publisher went quiet).
 
 Each object owns its ZeroMQ context unless one is passed in; close() is prompt (bounded
 linger) and idempotent. Tests: `python -m pytest tests/test_stream.py`.
